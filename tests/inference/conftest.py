@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from segmentation.inference import load_image, load_segmenter
+from segmentation.inference.maskrcnn import build_model
+from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, clear_cache
+from tests.photos import ASTRONAUT, CHELSEA, COFFEE
+
+
+@pytest.fixture(scope="session")
+def yolo():
+    """The real YOLOv7-seg model, loaded once for the whole run."""
+    return load_segmenter("yolov7_seg", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def photos():
+    return {"astronaut": load_image(ASTRONAUT), "chelsea": load_image(CHELSEA),
+            "coffee": load_image(COFFEE)}  # fmt: skip
+
+
+def random_maskrcnn(seed: int = 0) -> torch.nn.Module:
+    """Mask R-CNN with seeded random weights that still yields varied, confident detections.
+
+    Untrained features have a large mean, which saturates the class scores at 1.0 (ties make
+    comparisons meaningless); halving the classifier's weights spreads scores over ~0.2-0.5.
+    Mask logits are scaled up so that masks are neither empty nor full.
+    """
+    torch.manual_seed(seed)
+    model = build_model(MASKRCNN)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(0.5)
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(20)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def maskrcnn_weights_dir(tmp_path_factory):
+    """A weights directory holding seeded random Mask R-CNN weights under the expected name."""
+    directory = tmp_path_factory.mktemp("weights")
+    torch.save(random_maskrcnn().state_dict(), directory / WEIGHTS_FILES[MASKRCNN])
+    return directory
+
+
+@pytest.fixture
+def fresh_cache():
+    clear_cache()
+    yield
+    clear_cache()
