@@ -104,7 +104,7 @@ def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     Raises ``InvalidImageError`` (corrupt, truncated, unsupported) or ``ImageTooLargeError``.
     """
     with open_image(source, max_pixels=max_pixels) as image:
-        _decode(image)
+        decode(image)
         return to_rgb(apply_orientation(image))
 
 
@@ -115,14 +115,15 @@ def inspect_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
     that truncated and corrupt files are caught.
     """
     with open_image(source, max_pixels=max_pixels) as image:
-        _decode(image)
+        decode(image)
         width, height = image.size
         if _orientation(image) in _SWAPS_AXES:
             width, height = height, width
         return ImageInfo(format=image.format, width=width, height=height, mode=image.mode)
 
 
-def _decode(image: Image.Image) -> None:
+def decode(image: Image.Image) -> None:
+    """Read all pixel data now, turning every way Pillow reports a bad file into our errors."""
     try:
         image.load()
     except Image.DecompressionBombError as exc:

@@ -1,0 +1,74 @@
+# segweb — the commands a newcomer can guess. `make run` and `make test` do all set-up themselves.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR := $(abspath $(or $(SEGWEB_DATA_DIR),var))
+PORT ?= 8000
+export SEGWEB_DATA_DIR := $(DATA_DIR)
+
+.PHONY: install install-dev run web worker migrate test test-fast lint format bench weights export browser clean
+
+install: $(VENV)/.installed  ## build .venv with the runtime dependencies
+
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+$(DATA_DIR)/secret_key:
+	mkdir -p $(DATA_DIR)
+	umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))" > $@
+
+# The local secret key is generated once and kept under the data directory.
+DJANGO_ENV = DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(cat $(DATA_DIR)/secret_key)}"
+
+migrate: install $(DATA_DIR)/secret_key
+	$(DJANGO_ENV) $(BIN)/python manage.py migrate --no-input
+
+run: migrate  ## web + worker on 127.0.0.1:$PORT, SQLite + local files + file queue
+	$(DJANGO_ENV) PORT=$(PORT) $(BIN)/python manage.py serve
+
+web: migrate
+	$(DJANGO_ENV) $(BIN)/gunicorn segweb.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --threads 4
+
+worker: migrate
+	$(DJANGO_ENV) $(BIN)/celery -A segweb worker --beat --concurrency 1 --loglevel INFO \
+		--schedule $(DATA_DIR)/celerybeat-schedule --without-mingle --without-gossip
+
+browser:  ## Debian's Chromium for the browser tests (tests skip, saying so, without it)
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; } \
+		|| echo "chromium could not be installed: the browser tests will be skipped"
+
+test: install-dev browser  ## the whole suite
+	$(BIN)/python -m pytest
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install-dev  ## engine benchmark (figures go to docs/benchmarks.md)
+	$(BIN)/python bench/engine.py
+
+weights: install  ## download torchvision's Mask R-CNN COCO weights (needs internet)
+	$(BIN)/python -m segmentation.inference.weights download
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,67 @@
+"""Serving private files: through an owner-checked view (local disk) or a signed URL (S3)."""
+
+from __future__ import annotations
+
+import mimetypes
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
+
+from .models import Job
+
+#: What each job file is called by URLs, and the model field that holds it.
+KINDS = {"image": "image", "overlay": "overlay", "thumbnail": "thumbnail"}
+
+
+def uses_signed_urls() -> bool:
+    return bool(settings.AWS_STORAGE_BUCKET_NAME)
+
+
+def stored_name(job: Job, kind: str) -> str:
+    if kind not in KINDS:
+        raise Http404("No such file.")
+    name = getattr(job, KINDS[kind]).name
+    if not name:
+        raise Http404("This job has no such file (yet).")
+    return name
+
+
+def download_name(job: Job, kind: str) -> str:
+    stem = job.original_filename.rsplit(".", 1)[0] or "photo"
+    if kind == "overlay":
+        return f"{stem}-overlay.png"
+    if kind == "thumbnail":
+        return f"{stem}-thumbnail.jpg"
+    return job.original_filename
+
+
+def serve(job: Job, kind: str, *, attachment: bool = False) -> HttpResponse:
+    """The file itself (local storage) or a redirect to a short-lived signed URL (S3).
+
+    The caller has already checked that the viewer may see ``job``.
+    """
+    name = stored_name(job, kind)
+    if uses_signed_urls():
+        return HttpResponseRedirect(signed_url(name, job, kind, attachment=attachment))
+    try:
+        handle = default_storage.open(name, "rb")
+    except FileNotFoundError as exc:
+        raise Http404("The file is missing from storage.") from exc
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    response = FileResponse(
+        handle,
+        content_type=content_type,
+        as_attachment=attachment,
+        filename=download_name(job, kind),
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def signed_url(name: str, job: Job, kind: str, *, attachment: bool = False) -> str:
+    params = {}
+    if attachment:
+        params["ResponseContentDisposition"] = f'attachment; filename="{download_name(job, kind)}"'
+    return default_storage.url(name, parameters=params or None, expire=settings.SIGNED_URL_SECONDS)

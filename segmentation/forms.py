@@ -1,0 +1,41 @@
+"""HTML forms. Validation of the photo itself lives in ``uploads.py``, shared with the API."""
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth.forms import UserCreationForm
+
+from .inference import list_models
+from .inference.registry import AUTO
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """Only models that can run on this server are offered."""
+    usable = [(m.name, m.description) for m in list_models() if m.usable]
+    return [(AUTO, "Automatic (best available)"), *usable]
+
+
+class UploadForm(forms.Form):
+    """The options of an upload. The photos (``images``, one or many) are not a form field:
+    each is checked by ``uploads.validate_upload``, so that each gets its own error."""
+
+    score_threshold = forms.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        label="Minimum score",
+        help_text="Detections scoring below this are not reported.",
+        widget=forms.NumberInput(attrs={"step": "0.05"}),
+    )
+    model = forms.ChoiceField(label="Model")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = model_choices()
+        self.fields["score_threshold"].initial = settings.SEGWEB["DEFAULT_THRESHOLD"]
+        self.fields["model"].initial = AUTO
+
+
+class SignupForm(UserCreationForm):
+    email = forms.EmailField(required=False, help_text="Optional.")
+
+    class Meta(UserCreationForm.Meta):
+        fields = ("username", "email")

@@ -1,0 +1,106 @@
+"""Upload validation: the one place pages and API decide what is an acceptable photo.
+
+Everything is checked before anything is stored: presence, size in bytes, real type (by decoding
+with Pillow, never trusting the name or the Content-Type), pixel count from the header, and a full
+decode so that truncated files are caught. The pixels decoded here also give the thumbnail.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from PIL import Image
+
+from .inference.errors import InvalidImageError
+from .inference.image import FORMAT_EXTENSIONS, apply_orientation, decode, open_image, to_rgb
+
+THUMBNAIL_SIZE = (480, 480)
+
+
+class UploadError(Exception):
+    """An upload we refuse; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ValidatedImage:
+    format: str
+    width: int  # upright
+    height: int
+    size_bytes: int
+    thumbnail_jpeg: bytes
+
+    @property
+    def extension(self) -> str:
+        return FORMAT_EXTENSIONS[self.format]
+
+
+def max_upload_bytes() -> int:
+    return settings.SEGWEB["MAX_UPLOAD_BYTES"]
+
+
+def describe_bytes(count: float) -> str:
+    return f"{count / (1024 * 1024):.1f} MB" if count >= 102_400 else f"{count / 1024:.0f} KB"
+
+
+def validate_upload(upload: UploadedFile | None) -> ValidatedImage:
+    """Check an uploaded photo completely; raise ``UploadError`` saying what is wrong."""
+    if upload is None:
+        raise UploadError("No image was sent: attach a photo in the 'image' field.")
+    size = upload.size or 0
+    if size == 0:
+        raise UploadError("The file is empty.")
+    limit = max_upload_bytes()
+    if size > limit:
+        raise UploadError(
+            f"The file is {describe_bytes(size)}; the limit is {describe_bytes(limit)}.", 413
+        )
+    upload.seek(0)
+    try:
+        with open_image(upload, max_pixels=settings.SEGWEB["MAX_PIXELS"]) as image:
+            decode(image)
+            image_format = image.format
+            rgb = to_rgb(apply_orientation(image))
+            width, height = rgb.size
+            thumbnail = _thumbnail(rgb)
+    except InvalidImageError as exc:  # ImageTooLargeError included
+        raise UploadError(str(exc)) from exc
+    finally:
+        upload.seek(0)
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, "JPEG", quality=85, optimize=True)
+    return ValidatedImage(
+        format=image_format,
+        width=width,
+        height=height,
+        size_bytes=size,
+        thumbnail_jpeg=buffer.getvalue(),
+    )
+
+
+def _thumbnail(rgb: Image.Image) -> Image.Image:
+    # A cheap box-filter reduction first: LANCZOS over 40 MP would take a second.
+    factor = max(1, min(rgb.width // THUMBNAIL_SIZE[0], rgb.height // THUMBNAIL_SIZE[1]) // 2)
+    small = rgb.reduce(factor) if factor > 1 else rgb.copy()
+    small.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
+    return small
+
+
+def validate_threshold(value: object) -> float:
+    """A score threshold from a form or API field: a number in [0, 1]; blank means the default."""
+    if value is None or value == "":
+        return settings.SEGWEB["DEFAULT_THRESHOLD"]
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise UploadError(f"score_threshold must be a number between 0 and 1, not {value!r}.")
+    if not 0.0 <= threshold <= 1.0 or threshold != threshold:
+        raise UploadError(f"score_threshold must be between 0 and 1, not {value}.")
+    return threshold

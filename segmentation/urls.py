@@ -1,0 +1,17 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("upload/", views.upload, name="upload"),
+    path("jobs/", views.job_list, name="job-list"),
+    path("jobs/<uuid:pk>/", views.job_detail, name="job-detail"),
+    path("jobs/<uuid:pk>/status/", views.job_status, name="job-status"),
+    path("jobs/<uuid:pk>/delete/", views.job_delete, name="job-delete"),
+    path("jobs/<uuid:pk>/coco.json", views.job_coco, name="job-coco"),
+    path("jobs/<uuid:pk>/<str:kind>/", views.job_file, name="job-file"),
+    path("signup/", views.signup, name="signup"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+]

@@ -1,0 +1,276 @@
+"""HTML pages. Each view parses input, calls one service or query, and renders."""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import files, services
+from .coco_export import job_to_coco
+from .forms import SignupForm, UploadForm
+from .models import Detection, Job
+from .uploads import UploadError, describe_bytes
+
+MAX_FILES_PER_POST = 20
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("job-list" if request.user.is_authenticated else "login")
+
+
+# --- Upload ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    if request.method == "GET":
+        return render(request, "segmentation/upload.html", _upload_context(UploadForm()))
+
+    limit = settings.SEGWEB["MAX_UPLOAD_BYTES"] * MAX_FILES_PER_POST
+    if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+        # Refused before Django reads the body into temporary files.
+        message = f"Too much data in one request (limit {describe_bytes(limit)})."
+        return _upload_refused(request, wants_json, message, 413)
+
+    form = UploadForm(request.POST, request.FILES)
+    uploads = request.FILES.getlist("images")
+    if not form.is_valid():
+        message = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+        return _upload_refused(request, wants_json, message, 400, form)
+    if not uploads:
+        return _upload_refused(request, wants_json, "Choose at least one photo.", 400, form)
+    if len(uploads) > MAX_FILES_PER_POST:
+        message = f"At most {MAX_FILES_PER_POST} photos at once."
+        return _upload_refused(request, wants_json, message, 400, form)
+
+    created, errors = [], []
+    for upload_file in uploads:
+        try:
+            job = services.job_create(
+                owner=request.user,
+                upload=upload_file,
+                score_threshold=form.cleaned_data["score_threshold"],
+                model=form.cleaned_data["model"],
+            )
+        except UploadError as exc:
+            errors.append({"file": upload_file.name, "error": exc.message, "status": exc.status})
+        except services.StorageUnavailable as exc:
+            errors.append({"file": upload_file.name, "error": str(exc), "status": 503})
+        else:
+            created.append(job)
+
+    if wants_json:
+        status = 201 if created else max(e["status"] for e in errors)
+        return JsonResponse(
+            {
+                "jobs": [
+                    {"id": str(j.pk), "url": reverse("job-detail", args=[j.pk])} for j in created
+                ],
+                "errors": [{"file": e["file"], "error": e["error"]} for e in errors],
+            },
+            status=status,
+        )
+    if not errors:
+        if len(created) == 1:
+            return redirect("job-detail", pk=created[0].pk)
+        messages.success(request, f"{len(created)} photos queued.")
+        return redirect("job-list")
+    if created:
+        messages.success(request, f"{len(created)} photo(s) queued.")
+    context = _upload_context(form, file_errors=errors)
+    return render(request, "segmentation/upload.html", context, status=_worst(errors))
+
+
+def _worst(errors: list[dict]) -> int:
+    return max(e["status"] for e in errors)
+
+
+def _upload_refused(request, wants_json, message, status, form=None) -> HttpResponse:
+    if wants_json:
+        return JsonResponse(
+            {"jobs": [], "errors": [{"file": None, "error": message}]}, status=status
+        )
+    context = _upload_context(form or UploadForm(), form_error=message)
+    return render(request, "segmentation/upload.html", context, status=status)
+
+
+def _upload_context(form: UploadForm, **extra) -> dict:
+    return {
+        "form": form,
+        "max_upload": describe_bytes(settings.SEGWEB["MAX_UPLOAD_BYTES"]),
+        "max_bytes": settings.SEGWEB["MAX_UPLOAD_BYTES"],
+        "max_megapixels": settings.SEGWEB["MAX_PIXELS"] / 1e6,
+        "max_files": MAX_FILES_PER_POST,
+        **extra,
+    }
+
+
+# --- History --------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    mine = Job.objects.for_user(request.user).filter(owner=request.user)
+    jobs = mine
+    label = request.GET.get("label", "").strip()
+    status = request.GET.get("status", "").strip()
+    if label:
+        jobs = jobs.with_label(label)
+    if status in Job.Status.values:
+        jobs = jobs.filter(status=status)
+    page = Paginator(jobs.only(*_CARD_FIELDS), settings.SEGWEB["HISTORY_PAGE_SIZE"]).get_page(
+        request.GET.get("page")
+    )
+    labels_by_job = _labels_for(page.object_list)
+    cards = [(job, labels_by_job.get(job.pk, [])) for job in page.object_list]
+    all_labels = (
+        Detection.objects.filter(job__in=mine)
+        .values_list("label", flat=True)
+        .distinct()
+        .order_by("label")
+    )
+    return render(
+        request,
+        "segmentation/job_list.html",
+        {
+            "page": page,
+            "cards": cards,
+            "labels": list(all_labels),
+            "statuses": Job.Status.choices,
+            "current_label": label,
+            "current_status": status,
+            "filter_query": _query_without_page(request),
+        },
+    )
+
+
+_CARD_FIELDS = (
+    "id", "owner_id", "status", "thumbnail", "original_filename", "created_at", "finished_at",
+    "model", "width", "height", "hidden",
+)  # fmt: skip
+
+
+def _labels_for(jobs) -> dict:
+    """Distinct classes per job, for the chips: one query for the whole page."""
+    out: dict = {}
+    rows = (
+        Detection.objects.filter(job__in=[j.pk for j in jobs])
+        .values_list("job_id", "label")
+        .distinct()
+        .order_by("job_id", "label")
+    )
+    for job_id, label in rows:
+        out.setdefault(job_id, []).append(label)
+    return out
+
+
+def _query_without_page(request: HttpRequest) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
+
+
+# --- One job --------------------------------------------------------------------------------
+
+
+def _visible_job(request: HttpRequest, pk) -> Job:
+    return get_object_or_404(Job.objects.for_user(request.user), pk=pk)
+
+
+@login_required
+@require_GET
+def job_detail(request: HttpRequest, pk) -> HttpResponse:
+    job = _visible_job(request, pk)
+    return render(request, "segmentation/job_detail.html", _detail_context(job))
+
+
+def _detail_context(job: Job) -> dict:
+    detections = list(job.detections.all()) if job.status == Job.Status.SUCCEEDED else []
+    return {"job": job, "detections": detections, "labels": sorted({d.label for d in detections})}
+
+
+@never_cache
+@login_required
+@require_GET
+def job_status(request: HttpRequest, pk) -> JsonResponse:
+    """Polled by the job page while the job is queued or running."""
+    job = _visible_job(request, pk)
+    body = render_to_string("segmentation/_job_body.html", _detail_context(job), request=request)
+    return JsonResponse({"status": job.status, "finished": job.is_finished, "html": body})
+
+
+@login_required
+@require_POST
+def job_delete(request: HttpRequest, pk) -> HttpResponse:
+    job = _visible_job(request, pk)
+    services.job_delete(job=job)
+    messages.success(request, f"Deleted {job.original_filename}.")
+    return redirect("job-list")
+
+
+@login_required
+@require_GET
+def job_file(request: HttpRequest, pk, kind: str) -> HttpResponse:
+    job = _visible_job(request, pk)
+    return files.serve(job, kind, attachment=request.GET.get("download") == "1")
+
+
+@login_required
+@require_GET
+def job_coco(request: HttpRequest, pk) -> HttpResponse:
+    job = _visible_job(request, pk)
+    if job.status != Job.Status.SUCCEEDED:
+        raise Http404("Detections are available once the job has succeeded.")
+    stem = job.original_filename.rsplit(".", 1)[0] or "photo"
+    response = HttpResponse(json.dumps(job_to_coco(job), indent=1), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{stem}-coco.json"'
+    return response
+
+
+# --- Accounts -------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.SIGNUP_ENABLED:
+        raise Http404("Sign-up is disabled on this server.")
+    if request.user.is_authenticated:
+        return redirect("job-list")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("upload")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+# --- Health ---------------------------------------------------------------------------------
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Alive: the process answers."""
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Ready: database, storage and broker all reachable; 503 naming what is not."""
+    checks = services.readiness()
+    failing = [name for name, error in checks.items() if error]
+    return JsonResponse(
+        {"ready": not failing, "checks": {k: v or "ok" for k, v in checks.items()}},
+        status=503 if failing else 200,
+    )
