@@ -100,7 +100,8 @@ def validate_threshold(value: object) -> float:
     try:
         threshold = float(value)
     except (TypeError, ValueError):
-        raise UploadError(f"score_threshold must be a number between 0 and 1, not {value!r}.")
+        message = f"score_threshold must be a number between 0 and 1, not {value!r}."
+        raise UploadError(message) from None
     if not 0.0 <= threshold <= 1.0 or threshold != threshold:
         raise UploadError(f"score_threshold must be between 0 and 1, not {value}.")
     return threshold

@@ -31,7 +31,7 @@ class Command(BaseCommand):
             "web": [
                 os.path.join(bin_dir, "gunicorn"), "segweb.wsgi",
                 "--bind", f"{host}:{port}", "--workers", str(web_workers), "--threads", "4",
-                "--timeout", "120", "--access-logfile", "-", "--worker-tmp-dir", "/dev/shm",
+                "--timeout", "120", "--access-logfile", "-", "--worker-tmp-dir", "/dev/shm",  # noqa: S108 - gunicorn's advice
             ],
             "worker": [
                 os.path.join(bin_dir, "celery"), "-A", "segweb", "worker", "--beat",

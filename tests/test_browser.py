@@ -1,0 +1,96 @@
+"""A real browser (Debian's Chromium, driven by Playwright) uses segweb as a person would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.live import PASSWORD, running_segweb
+from tests.photos import ASTRONAUT
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+OUTPUT = Path(__file__).resolve().parents[1] / "test-results"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (`make browser` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def segweb(tmp_path_factory):
+    with running_segweb(tmp_path_factory.mktemp("segweb-browser")) as base:
+        yield base
+
+
+def test_sign_in_upload_watch_it_finish_and_find_it_in_history(browser, segweb):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(20_000)
+
+    page.goto(f"{segweb}/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{segweb}/jobs/")
+
+    page.click("text=Upload")
+    page.set_input_files("#id_images", str(ASTRONAUT))
+    page.click("#upload-button")
+    page.wait_for_url(f"{segweb}/jobs/*/")
+    job_url = page.url
+
+    # From here on the page must update itself: mark it, and check the mark survives.
+    page.evaluate("window.__notReloaded = true")
+    page.locator("#job-status", has_text="Succeeded").wait_for(timeout=180_000)
+    assert page.evaluate("window.__notReloaded === true")
+    assert page.url == job_url
+
+    overlay = page.locator("img#overlay")
+    overlay.wait_for()
+    assert page.evaluate("document.querySelector('img#overlay').naturalWidth") == 512
+    assert "person" in page.locator("#detections").inner_text()
+
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=OUTPUT / "job-page.png", full_page=True)
+
+    page.click("text=History")
+    page.select_option("#filter-label", "person")
+    page.click("text=Filter")
+    page.wait_for_url("**/jobs/?label=person*")
+    cards = page.locator(".job-card")
+    assert cards.count() == 1
+    assert "person" in cards.first.inner_text()
+    page.screenshot(path=OUTPUT / "history.png", full_page=True)
+
+
+def test_a_bad_file_gets_its_error_next_to_it(browser, segweb, tmp_path):
+    page = browser.new_page()
+    page.goto(f"{segweb}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{segweb}/jobs/")
+    page.goto(f"{segweb}/upload/")
+    bad = tmp_path / "holiday.jpg"
+    bad.write_text("this is not a photo")
+    page.set_input_files("#id_images", str(bad))
+    page.click("#upload-button")
+    item = page.locator(".file-item", has_text="holiday.jpg")
+    item.locator(".file-state.error").wait_for()
+    assert "not an image in a supported format" in item.inner_text()
+    assert page.url == f"{segweb}/upload/"

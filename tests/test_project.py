@@ -1,0 +1,76 @@
+"""Project-level guarantees: migrations in sync, the web process free of torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.django_db
+def test_migrations_are_in_sync_with_the_models():
+    out = StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
+
+
+def test_settings_refuse_to_start_without_a_secret_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    env.update(SEGWEB_DATA_DIR=str(tmp_path), DJANGO_DEBUG="0")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_the_web_process_never_imports_torch(tmp_path):
+    """Sign in, upload, browse and open a job through Django, in a fresh interpreter."""
+    code = textwrap.dedent(
+        """
+        import json, sys, django
+        django.setup()
+        from django.test.utils import setup_test_environment
+        setup_test_environment()
+        from django.core.management import call_command
+        call_command("migrate", verbosity=0)
+        from django.contrib.auth.models import User
+        from django.test import Client
+        from tests.photos import COFFEE
+        User.objects.create_user("alice", password="pw-123456789")
+        client = Client()
+        client.login(username="alice", password="pw-123456789")
+        with open(COFFEE, "rb") as f:
+            response = client.post("/upload/", {"images": f, "score_threshold": "0.5",
+                                                "model": "auto"})
+        job_url = response["Location"]
+        pages = [client.get(u).status_code for u in ("/upload/", "/jobs/", job_url,
+                 job_url + "status/", job_url + "image/", "/readyz", "/api/schema/")]
+        print(json.dumps({"pages": pages, "torch": "torch" in sys.modules,
+                          "cv2": "cv2" in sys.modules}))
+        """
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "segweb.settings",
+        "SEGWEB_DATA_DIR": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_ALLOWED_HOSTS": "testserver",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["pages"] == [200] * 7
+    assert out["torch"] is False
+    assert out["cv2"] is False
