@@ -256,7 +256,11 @@ def test_delete_removes_the_job_and_its_files(
 def test_sign_up_then_upload(client, django_user_model):
     response = client.post(
         reverse("signup"),
-        {"username": "dora", "password1": "a-long-passphrase-1", "password2": "a-long-passphrase-1"},
+        {
+            "username": "dora",
+            "password1": "a-long-passphrase-1",
+            "password2": "a-long-passphrase-1",
+        },
     )
     assert response.status_code == 302
     assert django_user_model.objects.filter(username="dora").exists()
