@@ -12,7 +12,7 @@ from ..models import Detection, Job
 
 
 class JobCreateSerializer(serializers.Serializer):
-    image = serializers.FileField(help_text="The photo: JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC.")
+    image = serializers.FileField(help_text="The photo: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC.")
     score_threshold = serializers.FloatField(
         required=False, min_value=0.0, max_value=1.0, help_text="Minimum score (default 0.5)."
     )
@@ -44,8 +44,10 @@ class JobSummarySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "status", "url", "created_at", "finished_at", "original_filename",
-                  "width", "height", "model", "score_threshold", "labels", "thumbnail_url"]  # fmt: skip
+        fields = [
+            "id", "status", "url", "created_at", "finished_at", "original_filename",
+            "width", "height", "model", "score_threshold", "labels", "thumbnail_url",
+        ]  # fmt: skip
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_labels(self, job: Job) -> list[str]:

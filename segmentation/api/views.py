@@ -114,10 +114,10 @@ class JobPagination(PageNumberPagination):
     list=extend_schema(
         summary="Your jobs, newest first",
         responses={200: JobSummarySerializer(many=True), 401: ERRORS[401]},
-    ),  # noqa: E501
+    ),
     retrieve=extend_schema(
         summary="One job with its detections", responses={200: JobSerializer, **ERRORS}
-    ),  # noqa: E501
+    ),
     destroy=extend_schema(summary="Delete a job and its files", responses={204: None, **ERRORS}),
 )
 class JobViewSet(
@@ -249,7 +249,7 @@ class ModelsView(APIView):
             [
                 {"name": m.name, "description": m.description, "default": m.name == default}
                 for m in usable
-            ]  # fmt: skip
+            ]
         )
 
 
