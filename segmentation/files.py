@@ -7,6 +7,7 @@ import mimetypes
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
 from .models import Job
 
@@ -65,3 +66,13 @@ def signed_url(name: str, job: Job, kind: str, *, attachment: bool = False) -> s
     if attachment:
         params["ResponseContentDisposition"] = f'attachment; filename="{download_name(job, kind)}"'
     return default_storage.url(name, parameters=params or None, expire=settings.SIGNED_URL_SECONDS)
+
+
+def file_url(request, job: Job, kind: str) -> str | None:
+    """Where an API client fetches a job file: a signed S3 URL, or the owner-checked API route."""
+    name = getattr(job, KINDS[kind]).name
+    if not name:
+        return None
+    if uses_signed_urls():
+        return signed_url(name, job, kind)
+    return request.build_absolute_uri(reverse("api-job-file", args=[job.pk, kind]))

@@ -110,6 +110,11 @@ else:
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- Cache: per-user API throttling must be shared by every web process ------------------
+CACHES = {
+    "default": env.cache_url("CACHE_URL", default=f"filecache://{DATA_DIR / 'cache'}"),
+}
+
 # --- Files ----------------------------------------------------------------------------------
 # Uploads and results are private: there is no MEDIA_URL route. Every image goes through a view
 # that checks the viewer (local files) or a short-lived signed URL (S3).
@@ -262,7 +267,10 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 20,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"job_create": env.str("SEGWEB_JOB_CREATE_RATE", default="60/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "job_create": env.str("SEGWEB_JOB_CREATE_RATE", default="60/min"),
+        "token": env.str("SEGWEB_TOKEN_RATE", default="20/min"),  # slows password guessing
+    },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {

@@ -47,7 +47,8 @@ def test_nothing_is_served_publicly(segweb):
     import requests
 
     session = signed_in_session(segweb)
-    assert requests.get(f"{segweb}/jobs/", allow_redirects=False).status_code == 302
-    assert requests.get(f"{segweb}/media/", allow_redirects=False).status_code in (302, 404)
+    anonymous = requests.Session()
+    assert anonymous.get(f"{segweb}/jobs/", allow_redirects=False).status_code == 302
+    assert anonymous.get(f"{segweb}/media/", allow_redirects=False).status_code in (302, 404)
     assert session.get(f"{segweb}/healthz").text == "ok\n"
     assert session.get(f"{segweb}/readyz").json()["ready"] is True

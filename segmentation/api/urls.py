@@ -2,8 +2,20 @@
 
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from . import views
+
+router = SimpleRouter()
+router.register("jobs", views.JobViewSet, basename="api-job")
 
 urlpatterns = [
+    path("auth/token/", views.TokenView.as_view(), name="api-token"),
+    path("auth/token/rotate/", views.TokenRotateView.as_view(), name="api-token-rotate"),
+    path("models/", views.ModelsView.as_view(), name="api-models"),
+    path("labels/", views.LabelsView.as_view(), name="api-labels"),
+    *router.urls,
+    path("jobs/<uuid:pk>/<str:kind>/", views.JobFileView.as_view(), name="api-job-file"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

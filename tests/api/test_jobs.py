@@ -1,0 +1,321 @@
+"""The REST API: tokens, jobs, filters, files, COCO export, for every persona."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from segmentation import services
+from segmentation.models import Job
+from tests.conftest import PASSWORD, photo_upload, stored_files
+from tests.factories import create_job, fail, succeed
+
+pytestmark = pytest.mark.django_db
+
+
+def api_client(user=None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        token, _ = Token.objects.get_or_create(user=user)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def alice(owner):
+    return api_client(owner)
+
+
+@pytest.fixture
+def bob(other_user):
+    return api_client(other_user)
+
+
+@pytest.fixture
+def charlie(staff):
+    return api_client(staff)
+
+
+@pytest.fixture
+def job(owner):
+    return succeed(create_job(owner), labels=("cup", "spoon"))
+
+
+def job_routes(job):
+    base = f"/api/jobs/{job.pk}/"
+    return [base, f"{base}coco/", f"{base}image/", f"{base}overlay/", f"{base}thumbnail/"]
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+def test_token_for_username_and_password(owner):
+    response = APIClient().post("/api/auth/token/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 200
+    assert response.json()["token"] == Token.objects.get(user=owner).key
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"username": "alice", "password": "wrong"}, {"username": "nobody", "password": "x"}, {}],
+)
+def test_bad_credentials_get_a_400_with_a_message(owner, credentials):
+    response = APIClient().post("/api/auth/token/", credentials)
+    assert response.status_code == 400
+    assert response.json()
+
+
+def test_deactivated_users_get_no_token(owner):
+    owner.is_active = False
+    owner.save()
+    response = APIClient().post("/api/auth/token/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 400
+
+
+def test_rotate_replaces_the_token(owner, alice):
+    old = Token.objects.get(user=owner).key
+    new = alice.post("/api/auth/token/rotate/").json()["token"]
+    assert new != old
+    assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {old}").status_code == 401
+    assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {new}").status_code == 200
+
+
+def test_revoke_deletes_the_token(owner, alice):
+    assert alice.delete("/api/auth/token/").status_code == 204
+    assert not Token.objects.filter(user=owner).exists()
+    assert alice.get("/api/jobs/").status_code == 401
+
+
+def test_session_authentication_works_too(client, owner, job):
+    client.force_login(owner)
+    assert client.get(f"/api/jobs/{job.pk}/").status_code == 200
+
+
+# --- who sees what --------------------------------------------------------------------------
+
+
+def test_anonymous_gets_401_everywhere(job):
+    anonymous = api_client()
+    for url in ["/api/jobs/", "/api/models/", "/api/labels/", *job_routes(job)]:
+        response = anonymous.get(url)
+        assert response.status_code == 401, url
+        assert response["WWW-Authenticate"].startswith("Token")
+    assert anonymous.post("/api/jobs/", {"image": photo_upload()}).status_code == 401
+    assert anonymous.delete(f"/api/jobs/{job.pk}/").status_code == 401
+    assert Job.objects.count() == 1
+
+
+def test_another_users_job_is_a_404_on_every_route(bob, job):
+    for url in job_routes(job):
+        assert bob.get(url).status_code == 404, url
+    assert bob.delete(f"/api/jobs/{job.pk}/").status_code == 404
+    assert bob.get("/api/jobs/").json()["count"] == 0
+    assert Job.objects.filter(pk=job.pk).exists()
+
+
+def test_owner_reaches_every_route(alice, job):
+    for url in job_routes(job):
+        assert alice.get(url).status_code == 200, url
+
+
+def test_staff_can_read_any_job_but_lists_only_their_own(charlie, job):
+    for url in job_routes(job):
+        assert charlie.get(url).status_code == 200, url
+    assert charlie.get("/api/jobs/").json()["count"] == 0
+
+
+def test_hidden_jobs_behave_as_on_the_pages(alice, job, staff):
+    services.job_hide(job=job, by=staff, reason="spam")
+    for url in job_routes(job):
+        assert alice.get(url).status_code == 404, url
+    assert alice.get("/api/jobs/").json()["count"] == 0
+
+
+def test_a_nonexistent_job_is_a_404(alice):
+    assert alice.get("/api/jobs/00000000-0000-0000-0000-000000000000/").status_code == 404
+    assert alice.get("/api/jobs/not-a-uuid/").status_code == 404
+
+
+# --- creating jobs --------------------------------------------------------------------------
+
+
+def test_create_returns_201_with_the_job(alice, owner, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = alice.post(
+            "/api/jobs/",
+            {"image": photo_upload(), "score_threshold": "0.3", "model": "yolov7_seg"},
+            format="multipart",
+        )
+    assert response.status_code == 201
+    data = response.json()
+    job = Job.objects.get(owner=owner)
+    assert data["id"] == str(job.pk)
+    assert data["status"] == "queued"
+    assert data["url"] == f"http://testserver/api/jobs/{job.pk}/"
+    assert response["Location"] == data["url"]
+    assert data["score_threshold"] == 0.3
+    assert data["model"] == "yolov7_seg"
+    assert data["overlay_url"] is None
+    assert data["image_url"] == f"http://testserver/api/jobs/{job.pk}/image/"
+    assert len(callbacks) == 1  # queued on commit
+
+
+def test_create_defaults_threshold_and_model(alice):
+    data = alice.post("/api/jobs/", {"image": photo_upload()}, format="multipart").json()
+    assert data["score_threshold"] == 0.5
+    assert data["model"] == "yolov7_seg"  # what auto resolves to without Mask R-CNN weights
+
+
+def test_job_creation_is_throttled_per_user(alice, bob, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**rates, "job_create": "2/min"},
+    }
+    from rest_framework.throttling import ScopedRateThrottle
+
+    ScopedRateThrottle.THROTTLE_RATES = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    try:
+        codes = [
+            alice.post("/api/jobs/", {"image": photo_upload()}, format="multipart").status_code
+            for _ in range(3)
+        ]
+        assert codes == [201, 201, 429]
+        blocked = alice.post("/api/jobs/", {"image": photo_upload()}, format="multipart")
+        assert int(blocked["Retry-After"]) > 0
+        assert "throttled" in blocked.json()["detail"].lower()
+        assert (
+            bob.post("/api/jobs/", {"image": photo_upload()}, format="multipart").status_code == 201
+        )
+        assert alice.get("/api/jobs/").status_code == 200  # reading is not throttled
+    finally:
+        ScopedRateThrottle.THROTTLE_RATES = rates
+        cache.clear()
+
+
+# --- reading jobs ---------------------------------------------------------------------------
+
+
+def test_detail_has_detections_with_coco_rle(alice, job):
+    data = alice.get(f"/api/jobs/{job.pk}/").json()
+    assert data["status"] == "succeeded"
+    assert data["labels"] == ["cup", "spoon"]
+    assert data["error"] == ""
+    assert data["original_filename"] == "coffee.png"
+    assert (data["width"], data["height"]) == (600, 400)
+    cup = data["detections"][0]
+    assert set(cup) == {"label", "score", "box", "area", "segmentation"}
+    assert cup["label"] == "cup"
+    assert len(cup["box"]) == 4
+    assert cup["segmentation"]["size"] == [400, 600]
+    assert isinstance(cup["segmentation"]["counts"], str)
+    assert data["overlay_url"] == f"http://testserver/api/jobs/{job.pk}/overlay/"
+
+
+def test_failed_job_has_its_error(alice, owner):
+    job = fail(create_job(owner), "The model could not run.")
+    data = alice.get(f"/api/jobs/{job.pk}/").json()
+    assert data["status"] == "failed"
+    assert data["error"] == "The model could not run."
+    assert data["detections"] == []
+
+
+def test_list_is_paginated_newest_first(alice, owner):
+    jobs = [create_job(owner) for _ in range(3)]
+    first = alice.get("/api/jobs/", {"page_size": 2}).json()
+    assert first["count"] == 3
+    assert [j["id"] for j in first["results"]] == [str(jobs[2].pk), str(jobs[1].pk)]
+    assert first["previous"] is None
+    second = alice.get(first["next"]).json()
+    assert [j["id"] for j in second["results"]] == [str(jobs[0].pk)]
+
+
+def test_list_filters(alice, owner):
+    cat = succeed(create_job(owner), labels=("cat",))
+    cup = succeed(create_job(owner), labels=("cup",))
+    failed = fail(create_job(owner))
+    Job.objects.filter(pk=cat.pk).update(created_at=timezone.now() - timedelta(days=3))
+
+    def ids(**params):
+        return {j["id"] for j in alice.get("/api/jobs/", params).json()["results"]}
+
+    assert ids(label="cat") == {str(cat.pk)}
+    assert ids(status="failed") == {str(failed.pk)}
+    assert ids(model="yolov7_seg") == {str(cat.pk), str(cup.pk), str(failed.pk)}
+    assert ids(model="maskrcnn_resnet50_fpn") == set()
+    since = (timezone.now() - timedelta(days=1)).isoformat()
+    assert ids(created_after=since) == {str(cup.pk), str(failed.pk)}
+    assert ids(created_before=since) == {str(cat.pk)}
+
+
+@pytest.mark.parametrize("params", [{"status": "exploded"}, {"created_after": "yesterday"}])
+def test_bad_filter_values_are_a_400(alice, params):
+    response = alice.get("/api/jobs/", params)
+    assert response.status_code == 400
+    assert list(response.json()) == list(params)
+
+
+def test_coco_export_loads_in_pycocotools(alice, job):
+    from pycocotools.coco import COCO
+
+    data = alice.get(f"/api/jobs/{job.pk}/coco/").json()
+    coco = COCO()
+    coco.dataset = data
+    coco.createIndex()
+    results = coco.loadRes(data["annotations"])
+    assert len(results.getAnnIds()) == 2
+    assert {c["name"] for c in coco.loadCats(coco.getCatIds())} >= {"cup", "spoon"}
+    assert data["images"][0]["width"] == 600
+
+
+def test_coco_export_of_an_unfinished_job_is_a_409(alice, owner):
+    job = create_job(owner)
+    response = alice.get(f"/api/jobs/{job.pk}/coco/")
+    assert response.status_code == 409
+    assert "queued" in response.json()["detail"]
+
+
+def test_files_are_downloadable_with_the_token(alice, job):
+    overlay = alice.get(f"/api/jobs/{job.pk}/overlay/")
+    assert overlay.status_code == 200
+    assert overlay["Content-Type"] == "image/png"
+    assert b"".join(overlay.streaming_content).startswith(b"\x89PNG")
+    assert alice.get(f"/api/jobs/{job.pk}/secrets/").status_code == 404
+
+
+def test_delete_removes_the_job_and_its_files(
+    alice, job, private_storage, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alice.delete(f"/api/jobs/{job.pk}/").status_code == 204
+    assert not Job.objects.exists()
+    assert stored_files(private_storage) == []
+
+
+def test_models_lists_usable_models_with_the_default(alice):
+    data = alice.get("/api/models/").json()
+    assert {m["name"] for m in data} == {"yolov7_seg"}
+    assert data[0]["default"] is True
+
+
+def test_labels_lists_the_80_coco_classes(alice):
+    labels = alice.get("/api/labels/").json()
+    assert len(labels) == 80
+    assert labels[0] == "person"
+
+
+def test_schema_and_docs_are_served_without_a_cdn(alice):
+    schema = alice.get("/api/schema/")
+    assert schema.status_code == 200
+    assert b"/api/jobs/" in schema.content
+    docs = alice.get("/api/docs/").content.decode()
+    assert "swagger-ui" in docs
+    assert "cdn" not in docs.lower()
+    assert "/static/drf_spectacular_sidecar/" in docs
