@@ -235,6 +235,11 @@ CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not in a resul
 CELERY_TASK_ACKS_LATE = True  # a job whose worker dies is delivered again
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # one photo at a time per process: they are long tasks
+# A new pool process loads its model before it reports for work (segweb/celery.py). Celery
+# kills a child that has not reported within 4 s by default: on a busy machine the model loads
+# slower than that, and the worker then kills and re-forks its children for ever (seen in
+# tests/scale when a child was replaced under load).
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120
 CELERY_TASK_TIME_LIMIT = SEGWEB["JOB_TIME_LIMIT"] + 30
 CELERY_TASK_SOFT_TIME_LIMIT = SEGWEB["JOB_TIME_LIMIT"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

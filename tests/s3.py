@@ -47,7 +47,9 @@ def client_config() -> Config:
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens there (connections of a stopped server in TIME_WAIT do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

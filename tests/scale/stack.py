@@ -184,6 +184,7 @@ class Stack:
             **env,
         }
         self.processes: dict[str, subprocess.Popen] = {}
+        self._log_start: dict[str, int] = {}
 
     # --- processes --------------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class Stack:
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("ab")
+        self._log_start[name] = log.tell()  # a restarted process appends to its log
         process = subprocess.Popen(
             command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killpg reaches its children
@@ -226,13 +228,21 @@ class Stack:
 
     def wait_for_workers(self, *names: str, timeout: float = 120) -> None:
         def ready() -> bool:
-            return all(b" ready." in (self.root / f"{n}.log").read_bytes() for n in names)
+            return all(
+                b" ready." in (self.root / f"{n}.log").read_bytes()[self._log_start[n] :]
+                for n in names
+            )
 
         self.wait_until(ready, timeout, f"workers {names} to be ready")
 
     def start_beat(self) -> None:
         self._spawn("beat", [str(BIN / "celery"), "-A", "segweb", "beat", "--loglevel", "INFO",
                              "--schedule", str(self.root / "celerybeat-schedule")])  # fmt: skip
+
+    def node_of(self, pid: int) -> str:
+        """Which process started here ``pid`` belongs to (each runs in its own group)."""
+        group = os.getpgid(pid)
+        return next(name for name, p in self.processes.items() if p.pid == group)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a process and every process it started (its whole group)."""
@@ -250,16 +260,8 @@ class Stack:
         for name in list(self.processes):
             self.kill(name, signal.SIGTERM)
         self.proxy.close()
-        self._delete_broker_keys()
-
-    def _delete_broker_keys(self) -> None:
-        import redis
-
-        with suppress(Exception):
-            client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-            keys = list(client.scan_iter(f"{self.key_prefix}*"))
-            if keys:
-                client.delete(*keys)
+        with suppress(Exception):  # Redis gone: nothing to tidy there
+            self.delete_queued_messages()
 
     def log(self, name: str, chars: int = 4000) -> str:
         path = self.root / f"{name}.log"
@@ -316,6 +318,14 @@ class Stack:
         sql = f"SELECT {', '.join(columns)} FROM segmentation_job WHERE id = %s"  # noqa: S608
         rows = self.database.query(sql, job_id)
         return dict(zip(columns, rows[0], strict=True)) if rows else {}
+
+    def delete_queued_messages(self) -> int:
+        """Drop every message waiting in the broker, as a Redis restarted without persistence."""
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        keys = list(client.scan_iter(f"{self.key_prefix}*"))
+        return client.delete(*keys) if keys else 0
 
     def job_count(self) -> int:
         return self.database.query("SELECT count(*) FROM segmentation_job")[0][0]
