@@ -169,7 +169,7 @@ class SeaweedFS:
             ),
         )
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def object_keys(self, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2")
         return sorted(
             item["Key"]

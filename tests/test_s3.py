@@ -60,7 +60,7 @@ def test_files_go_to_the_bucket_and_nothing_to_local_disk(
     owner, seaweedfs, s3_storage, private_storage
 ):
     job = succeed(create_job(owner))
-    assert seaweedfs.keys(s3_storage) == sorted(
+    assert seaweedfs.object_keys(s3_storage) == sorted(
         f"{s3_storage}/{name}" for name in (job.image.name, job.thumbnail.name, job.overlay.name)
     )
     assert job.image.name == f"uploads/{owner.pk}/{job.pk}.png"
@@ -111,11 +111,11 @@ def test_deleting_a_job_deletes_its_objects(
     owner_client, owner, seaweedfs, s3_storage, django_capture_on_commit_callbacks
 ):
     job = succeed(create_job(owner))
-    assert len(seaweedfs.keys(s3_storage)) == 3
+    assert len(seaweedfs.object_keys(s3_storage)) == 3
     with django_capture_on_commit_callbacks(execute=True):
         response = owner_client.post(reverse("job-delete", args=[job.pk]))
     assert response.status_code == 302
-    assert seaweedfs.keys(s3_storage) == []
+    assert seaweedfs.object_keys(s3_storage) == []
 
 
 def test_a_worker_reads_the_photo_from_s3_and_writes_the_overlay_there(
@@ -132,7 +132,7 @@ def test_a_worker_reads_the_photo_from_s3_and_writes_the_overlay_there(
     services.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
-    assert f"{s3_storage}/{job.overlay.name}" in seaweedfs.keys(s3_storage)
+    assert f"{s3_storage}/{job.overlay.name}" in seaweedfs.object_keys(s3_storage)
 
 
 @pytest.mark.parametrize("how", ["down", "secret", "bucket"])
@@ -148,7 +148,7 @@ def test_an_upload_the_store_refuses_is_a_503_and_leaves_nothing(
     )
     assert time.monotonic() - started < 15  # bounded retries, not botocore's minutes
     assert not Job.objects.exists()
-    assert seaweedfs.keys(s3_storage) == []
+    assert seaweedfs.object_keys(s3_storage) == []
 
 
 @pytest.mark.parametrize("how", ["down", "secret", "bucket"])
@@ -217,4 +217,4 @@ def test_settings_build_the_s3_storage_from_the_environment(seaweedfs, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("S3Storage")
     assert not (tmp_path / "media").exists()
-    assert seaweedfs.keys("probe/") == []
+    assert seaweedfs.object_keys("probe/") == []

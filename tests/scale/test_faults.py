@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -216,7 +217,10 @@ def test_a_storage_outage_refuses_uploads_cleanly_and_fails_jobs_it_strands(
 
 
 def test_no_request_got_a_server_error(stack):
-    """Across every fault above, the web server never answered 500."""
+    """Across every fault above, the only 5xx were the intended 503s: uploads refused while the
+    store was down, and /readyz saying what was down."""
     access_log = stack.log("web", chars=10_000_000)
-    errors = [line for line in access_log.splitlines() if '" 500 ' in line]
-    assert not errors, errors[:5]
+    answers = re.findall(r'"(\w+) (\S+) HTTP/[\d.]+" (\d{3}) ', access_log)
+    assert len(answers) > 50
+    server_errors = {(m, p, s) for m, p, s in answers if s.startswith("5")}
+    assert server_errors <= {("POST", "/api/jobs/", "503"), ("GET", "/readyz", "503")}

@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import datetime
 
+import requests
 from PIL import Image
 
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE, MOTORCYCLE, ROCKET
@@ -29,7 +30,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def test_forty_uploads_from_eight_clients_all_succeed(stack, capsys):
+def test_readyz_checks_postgresql_redis_and_s3(stack):
+    response = requests.get(f"{stack.base}/readyz", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"] == {"database": "ok", "storage": "ok", "broker": "ok"}
+
+
+def test_forty_uploads_from_eight_clients_all_succeed(stack, seaweedfs, capsys):
     sessions = [stack.api() for _ in range(CLIENTS)]
     submitted: list[tuple[float, int, dict]] = []  # latency, status, body
     lock = threading.Lock()
@@ -78,7 +85,8 @@ def test_forty_uploads_from_eight_clients_all_succeed(stack, capsys):
         detail = session.get(f"{stack.base}/api/jobs/{job_id}/", timeout=30)
         assert detail.status_code == 200
         job = detail.json()
-        overlay = session.get(job["overlay_url"], timeout=30)  # a signed S3 URL
+        assert "X-Amz-Expires=300" in job["overlay_url"]  # a signed S3 URL, for 5 minutes
+        overlay = requests.get(job["overlay_url"], timeout=30)  # no token: the URL is the key
         assert overlay.status_code == 200, overlay.text[:300]
         assert Image.open(io.BytesIO(overlay.content)).size == (job["width"], job["height"])
 
@@ -100,3 +108,13 @@ def test_forty_uploads_from_eight_clients_all_succeed(stack, capsys):
     if report := os.environ.get("SEGWEB_SCALE_REPORT"):
         with open(report, "a") as f:
             f.write(json.dumps({"test": "load", **figures}) + "\n")
+
+    # Deleting a job through the API deletes its three objects.
+    job_id = next(iter(ids))
+
+    def objects_of_job() -> list[str]:
+        return [key for key in seaweedfs.object_keys() if job_id in key]
+
+    assert len(objects_of_job()) == 3  # photo, thumbnail, overlay
+    assert session.delete(f"{stack.base}/api/jobs/{job_id}/", timeout=30).status_code == 204
+    assert objects_of_job() == []
