@@ -31,7 +31,7 @@ class StrictChoiceFilter(django_filters.ChoiceFilter):
 
 
 class JobFilter(django_filters.FilterSet):
-    label = django_filters.CharFilter(method="filter_label", help_text="Jobs that found this class.")
+    label = django_filters.CharFilter(method="filter_label", help_text="Jobs that found it.")
     status = StrictChoiceFilter(choices=Job.Status.choices, empty_label=None)
     model = django_filters.CharFilter(field_name="model")
     created_after = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")

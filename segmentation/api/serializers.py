@@ -11,7 +11,6 @@ from rest_framework import serializers
 from .. import files
 from ..models import Detection, Job
 
-
 THRESHOLD_MESSAGE = "score_threshold must be a number between 0 and 1."
 
 

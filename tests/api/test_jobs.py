@@ -260,7 +260,7 @@ def test_bad_filter_values_are_a_400(alice, params):
     response = alice.get("/api/jobs/", params)
     assert response.status_code == 400
     assert list(response.json()["errors"]) == list(params)
-    assert list(params)[0] in response.json()["detail"]
+    assert next(iter(params)) in response.json()["detail"]
 
 
 def test_coco_export_loads_in_pycocotools(alice, job):

@@ -12,7 +12,6 @@ from django.core.cache import cache
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
 from rest_framework.throttling import ScopedRateThrottle
-
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from segweb.wsgi import application
