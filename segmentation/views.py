@@ -274,3 +274,25 @@ def readyz(request: HttpRequest) -> JsonResponse:
         {"ready": not failing, "checks": {k: v or "ok" for k, v in checks.items()}},
         status=503 if failing else 200,
     )
+
+
+# --- Errors ---------------------------------------------------------------------------------
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found(request: HttpRequest, exception=None) -> HttpResponse:
+    """404 page; API paths get the API's JSON shape."""
+    if _wants_json(request):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return render(request, "404.html", status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse(
+            {"detail": "Internal error; the administrators can see the log."}, status=500
+        )
+    return render(request, "500.html", status=500)

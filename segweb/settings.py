@@ -272,6 +272,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 20,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "segmentation.api.exceptions.exception_handler",
     "DEFAULT_THROTTLE_RATES": {
         "job_create": env.str("SEGWEB_JOB_CREATE_RATE", default="60/min"),
         "token": env.str("SEGWEB_TOKEN_RATE", default="20/min"),  # slows password guessing

@@ -9,3 +9,6 @@ urlpatterns = [
     path("api/", include("segmentation.api.urls")),
     path("", include("segmentation.urls")),
 ]
+
+handler404 = "segmentation.views.not_found"
+handler500 = "segmentation.views.server_error"

@@ -1,16 +1,41 @@
 import django_filters
+from django import forms
+from django_filters import fields
 
 from ..models import Job
 
 
+class _RejectBlank:
+    """A present-but-empty value is an error, not "no filter": the schema says what is valid."""
+
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError("This value cannot be empty; leave the parameter out.")
+        return super().clean(value)
+
+
+class _DateTimeField(_RejectBlank, fields.IsoDateTimeField):
+    pass
+
+
+class _ChoiceField(_RejectBlank, fields.ChoiceField):
+    pass
+
+
+class StrictIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = _DateTimeField
+
+
+class StrictChoiceFilter(django_filters.ChoiceFilter):
+    field_class = _ChoiceField
+
+
 class JobFilter(django_filters.FilterSet):
-    label = django_filters.CharFilter(
-        method="filter_label", help_text="Jobs that found this class."
-    )
-    status = django_filters.ChoiceFilter(choices=Job.Status.choices)
+    label = django_filters.CharFilter(method="filter_label", help_text="Jobs that found it.")
+    status = StrictChoiceFilter(choices=Job.Status.choices, empty_label=None)
     model = django_filters.CharFilter(field_name="model")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    created_after = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
 
     class Meta:
         model = Job

@@ -3,22 +3,47 @@
 
 from __future__ import annotations
 
-from drf_spectacular.types import OpenApiTypes
+import math
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import files
 from ..models import Detection, Job
 
+THRESHOLD_MESSAGE = "score_threshold must be a number between 0 and 1."
 
-class JobCreateSerializer(serializers.Serializer):
-    image = serializers.FileField(help_text="The photo: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC.")
+
+class JobOptionsSerializer(serializers.Serializer):
+    """The options of a new job; typed as the schema says, with messages people can act on."""
+
     score_threshold = serializers.FloatField(
-        required=False, min_value=0.0, max_value=1.0, help_text="Minimum score (default 0.5)."
+        required=False,
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Minimum score, 0 to 1 (default 0.5).",
+        error_messages={
+            "invalid": THRESHOLD_MESSAGE,
+            "min_value": THRESHOLD_MESSAGE,
+            "max_value": THRESHOLD_MESSAGE,
+        },
     )
     model = serializers.CharField(
-        required=False, help_text="A name from GET /api/models/, or 'auto' (default)."
+        required=False,
+        allow_blank=True,
+        help_text="A name from GET /api/models/; 'auto' or empty for the default.",
     )
+
+    def validate_score_threshold(self, value: float) -> float:
+        if not math.isfinite(value):
+            raise serializers.ValidationError(THRESHOLD_MESSAGE)
+        return value
+
+
+class JobCreateSerializer(JobOptionsSerializer):
+    """Schema of ``POST /api/jobs/``; the photo is validated by ``uploads.validate_upload``."""
+
+    image = serializers.FileField(help_text="The photo: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC.")
 
 
 class RLESerializer(serializers.Serializer):
@@ -53,7 +78,7 @@ class JobSummarySerializer(serializers.ModelSerializer):
     def get_labels(self, job: Job) -> list[str]:
         return sorted({d.label for d in job.detections.all()})
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_thumbnail_url(self, job: Job) -> str | None:
         return files.file_url(self.context["request"], job, "thumbnail")
 
@@ -68,17 +93,20 @@ class JobSerializer(JobSummarySerializer):
         fields = [*JobSummarySerializer.Meta.fields, "started_at", "runtime", "inference_ms",
                   "image_url", "overlay_url", "detections", "error"]  # fmt: skip
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_image_url(self, job: Job) -> str | None:
         return files.file_url(self.context["request"], job, "image")
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_overlay_url(self, job: Job) -> str | None:
         return files.file_url(self.context["request"], job, "overlay")
 
 
 class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
+    detail = serializers.CharField(help_text="What was wrong, for people.")
+    errors = serializers.DictField(
+        required=False, help_text="Messages per field, when the problem is in named fields."
+    )
 
 
 class TokenRequestSerializer(serializers.Serializer):

@@ -36,6 +36,7 @@ from .filters import JobFilter
 from .serializers import (
     ErrorSerializer,
     JobCreateSerializer,
+    JobOptionsSerializer,
     JobSerializer,
     JobSummarySerializer,
     ModelSerializer,
@@ -109,11 +110,34 @@ class JobPagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 100
 
+    def get_page_size(self, request):
+        # DRF silently ignores a malformed page_size; a client deserves to hear about it.
+        raw = request.query_params.getlist(self.page_size_query_param)
+        if raw and not all(
+            value.isdigit() and 1 <= int(value) <= self.max_page_size for value in raw
+        ):
+            raise ValidationError({"page_size": "A whole number from 1 to 100."})
+        return super().get_page_size(request)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"].update(minimum=1)
+        return parameters
+
 
 @extend_schema_view(
     list=extend_schema(
         summary="Your jobs, newest first",
-        responses={200: JobSummarySerializer(many=True), 401: ERRORS[401]},
+        responses={
+            200: JobSummarySerializer(many=True),
+            400: OpenApiResponse(ErrorSerializer, description="A filter value is invalid."),
+            401: ERRORS[401],
+            404: OpenApiResponse(ErrorSerializer, description="No such page."),
+        },
     ),
     retrieve=extend_schema(
         summary="One job with its detections", responses={200: JobSerializer, **ERRORS}
@@ -168,12 +192,16 @@ class JobViewSet(
         upload = request.FILES.get("image")
         if upload is None and "image" in request.data:
             raise ValidationError({"detail": "'image' must be a file sent as multipart/form-data."})
+        options = JobOptionsSerializer(
+            data={k: request.data[k] for k in ("score_threshold", "model") if k in request.data}
+        )
+        options.is_valid(raise_exception=True)
         try:
             job = services.job_create(
                 owner=request.user,
                 upload=upload,
-                score_threshold=request.data.get("score_threshold"),
-                model=request.data.get("model"),
+                score_threshold=options.validated_data.get("score_threshold"),
+                model=options.validated_data.get("model"),
             )
         except UploadError as exc:
             if exc.status == 413:

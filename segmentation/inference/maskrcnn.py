@@ -11,6 +11,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -76,9 +77,11 @@ class MaskRCNNSegmenter(Segmenter):
     def _predict(self, rgb: Image.Image, score_threshold: float) -> list[Detection]:
         model = self.model
         width, height = rgb.size
-        # Boxes scoring at or under the threshold can only suppress lower-scoring boxes in NMS,
-        # so dropping them before NMS changes nothing above it, and spares the mask head.
-        model.roi_heads.score_thresh = max(self._default_score_thresh, score_threshold)
+        # Boxes scoring under the threshold can only suppress lower-scoring boxes in NMS, so
+        # dropping them before NMS changes nothing above it, and spares the mask head. torchvision
+        # keeps scores strictly above score_thresh: one float32 step lower keeps ">= threshold".
+        below = float(np.nextafter(np.float32(score_threshold), np.float32(0)))
+        model.roi_heads.score_thresh = max(self._default_score_thresh, below)
         images, _ = model.transform([rgb_tensor(rgb, self.device)])
         features = model.backbone(images.tensors)
         proposals, _ = model.rpn(images, features)

@@ -19,7 +19,7 @@ def photos():
             "coffee": load_image(COFFEE)}  # fmt: skip
 
 
-def random_maskrcnn(seed: int = 0) -> torch.nn.Module:
+def random_maskrcnn(seed: int = 0, name: str = MASKRCNN) -> torch.nn.Module:
     """Mask R-CNN with seeded random weights that still yields varied, confident detections.
 
     Untrained features have a large mean, which saturates the class scores at 1.0 (ties make
@@ -27,7 +27,7 @@ def random_maskrcnn(seed: int = 0) -> torch.nn.Module:
     Mask logits are scaled up so that masks are neither empty nor full.
     """
     torch.manual_seed(seed)
-    model = build_model(MASKRCNN)
+    model = build_model(name)
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.weight.mul_(0.5)
         model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(20)

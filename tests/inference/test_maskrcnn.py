@@ -13,7 +13,7 @@ from segmentation.inference import (
 )
 from segmentation.inference.base import rgb_tensor
 from segmentation.inference.coco import NOT_A_CLASS, TORCHVISION_CATEGORIES
-from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES
+from segmentation.inference.registry import MASKRCNN, MASKRCNN_V2, WEIGHTS_FILES
 from tests.inference.conftest import random_maskrcnn
 from tests.photos import COFFEE
 
@@ -111,3 +111,25 @@ def test_training_checkpoints_with_a_model_key_load(tmp_path, maskrcnn_weights_d
     torch.save({"model": state, "epoch": 25}, tmp_path / WEIGHTS_FILES[MASKRCNN])
     segmenter = load_segmenter(MASKRCNN, weights_dir=tmp_path)
     assert segmenter.name == MASKRCNN
+
+
+@pytest.mark.slow
+def test_the_v2_architecture_also_matches_torchvision(tmp_path, fresh_cache):
+    torch.save(
+        random_maskrcnn(name=MASKRCNN_V2).state_dict(), tmp_path / WEIGHTS_FILES[MASKRCNN_V2]
+    )
+    segmenter = load_segmenter(MASKRCNN_V2, weights_dir=tmp_path, device="cpu")
+    image = load_image(COFFEE).resize((300, 200))
+    with torch.inference_mode():
+        reference = random_maskrcnn(name=MASKRCNN_V2)([rgb_tensor(image, "cpu")])[0]
+    threshold = float(reference["scores"][min(5, len(reference["scores"]) - 1)])
+    names = [TORCHVISION_CATEGORIES[i] for i in reference["labels"].tolist()]
+    keep = [
+        i
+        for i, (name, score) in enumerate(zip(names, reference["scores"].tolist(), strict=True))
+        if score >= threshold and name not in NOT_A_CLASS
+    ]
+    detections = segmenter.predict(image, score_threshold=threshold)
+    assert [d.label for d in detections] == [names[i] for i in keep]
+    for det, i in zip(detections, keep, strict=True):
+        assert np.array_equal(det.full_mask(), (reference["masks"][i, 0] > 0.5).numpy())

@@ -1,0 +1,28 @@
+"""Every API error has the same shape: ``{"detail": "what was wrong"}``, plus ``"errors"`` with
+the per-field messages when there are some. Clients can always show ``detail``."""
+
+from __future__ import annotations
+
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def exception_handler(exc, context):
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    data = response.data
+    if isinstance(data, dict) and set(data) == {"detail"}:
+        return response
+    response.data = {"detail": _summary(data), "errors": data}
+    return response
+
+
+def _summary(errors) -> str:
+    if isinstance(errors, dict):
+        return " ".join(
+            f"{field}: {_summary(messages)}" if field != "non_field_errors" else _summary(messages)
+            for field, messages in errors.items()
+        )
+    if isinstance(errors, list):
+        return " ".join(_summary(message) for message in errors)
+    return str(errors)
