@@ -102,12 +102,12 @@ def main() -> None:
                     results.setdefault(label, []).append(result)
         finally:
             seaweedfs.stop()
-    print("\n| configuration | jobs/min (median) | runs | worker RSS |")
+    print("\n| configuration | jobs/min (median) | runs | worker RSS, summed |")
     print("|---|---|---|---|")
     for label, runs in results.items():
         rates = [r["jobs_per_minute"] for r in runs]
         rss = max(r["worker_rss_mb"] for r in runs)
-        print(f"| {label} | {statistics.median(rates)} | {rates} | {rss} MB |")
+        print(f"| {label} | {statistics.median(rates):.1f} | {rates} | {rss} MB |")
 
 
 if __name__ == "__main__":
