@@ -203,6 +203,11 @@ SEGWEB = {
     # recovers jobs whose message the broker lost (a Redis restarted without persistence).
     "REQUEUE_AFTER_SECONDS": env.float("SEGWEB_REQUEUE_AFTER_SECONDS", default=600),
 }
+if SEGWEB["STALE_AFTER_SECONDS"] < 3 * SEGWEB["HEARTBEAT_SECONDS"]:
+    # Otherwise one late heartbeat (a busy database) would have a healthy job run twice.
+    raise ImproperlyConfigured(
+        "SEGWEB_STALE_AFTER_SECONDS must be at least 3 × SEGWEB_HEARTBEAT_SECONDS."
+    )
 
 # --- Celery ---------------------------------------------------------------------------------
 QUEUE_DIR = DATA_DIR / "queue"
