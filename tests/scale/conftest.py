@@ -23,11 +23,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, seaweedfs):
+def stack(request, tmp_path_factory):
     """A fresh database and broker namespace; gunicorn, two worker nodes and beat."""
     for reason in (postgres_unavailable(), redis_unavailable()):
         if reason:
             pytest.skip(reason)
+    seaweedfs = request.getfixturevalue("seaweedfs")  # started only when it will be used
     database = TemporaryDatabase()
     database.create()
     stack = Stack(

@@ -47,7 +47,7 @@ def postgres_unavailable() -> str | None:
     try:
         psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True).close()
     except Exception as exc:  # noqa: BLE001 - any reason means "skip"
-        return f"PostgreSQL not reachable at {POSTGRES_URL} ({type(exc).__name__}: {exc})"
+        return f"PostgreSQL not reachable at {POSTGRES_URL} ({_first_line(exc)})"
     return None
 
 
@@ -57,7 +57,7 @@ def redis_unavailable() -> str | None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3).ping()
     except Exception as exc:  # noqa: BLE001
-        return f"Redis not reachable at {REDIS_URL} ({type(exc).__name__}: {exc})"
+        return f"Redis not reachable at {REDIS_URL} ({_first_line(exc)})"
     return None
 
 
@@ -335,3 +335,7 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
