@@ -7,7 +7,7 @@ DATA_DIR := $(abspath $(or $(SEGWEB_DATA_DIR),var))
 PORT ?= 8000
 export SEGWEB_DATA_DIR := $(DATA_DIR)
 
-.PHONY: install install-dev run web worker migrate test test-fast lint format bench weights export browser clean
+.PHONY: install install-dev run web worker migrate test test-scale test-fast lint format bench weights export browser clean
 
 install: $(VENV)/.installed  ## build .venv with the runtime dependencies
 
@@ -50,8 +50,18 @@ browser:  ## Debian's Chromium for the browser tests (tests skip, saying so, wit
 		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; } \
 		|| echo "chromium could not be installed: the browser tests will be skipped"
 
-test: install-dev browser  ## the whole suite
-	$(BIN)/python -m pytest
+test: install-dev browser  ## the whole suite, on the embedded defaults
+	$(BIN)/python -m pytest -m "not scale"
+
+# CI's second pass: the suite again on PostgreSQL, plus real gunicorn, Celery worker and beat
+# processes on PostgreSQL, Redis and S3 (SeaweedFS, from the venv): load and fault tests. The
+# engine and embedded-default tests ran in `make test`. Without PostgreSQL or Redis the tests
+# that need them are skipped, naming the service.
+TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+test-scale: install-dev
+	SEGWEB_TEST_POSTGRES_URL=$(TEST_POSTGRES_URL) SEGWEB_TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		$(BIN)/python -m pytest -m "scale or not slow" --ignore=tests/inference
 
 test-fast: install-dev
 	$(BIN)/python -m pytest -m "not slow"

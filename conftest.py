@@ -13,6 +13,13 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 # Local state (queue folders, SQLite file) of the test run goes to a throwaway directory.
 os.environ.setdefault("SEGWEB_DATA_DIR", tempfile.mkdtemp(prefix="segweb-tests-"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "segweb.settings")
+# CI's second pass (`make test-scale`) names a PostgreSQL server: the suite then runs on it. Where
+# none answers, the suite stays on SQLite and the PostgreSQL tests skip, saying so.
+if os.environ.get("SEGWEB_TEST_POSTGRES_URL") and "DATABASE_URL" not in os.environ:
+    from tests.scale.stack import POSTGRES_URL, postgres_unavailable
+
+    if postgres_unavailable() is None:
+        os.environ["DATABASE_URL"] = POSTGRES_URL
 
 import django.conf
 

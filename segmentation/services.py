@@ -35,10 +35,14 @@ from .uploads import UploadError, validate_threshold, validate_upload
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10
-STALE_AFTER = timedelta(seconds=60)  # a running job whose heartbeat is older has lost its worker
-REQUEUE_AFTER = timedelta(minutes=10)  # a queued job not picked up by then is published again
+# Settings (SEGWEB_HEARTBEAT_SECONDS...), so that tests of real processes can shorten them.
+HEARTBEAT_SECONDS = settings.SEGWEB["HEARTBEAT_SECONDS"]
+# A running job whose heartbeat is older has lost its worker.
+STALE_AFTER = timedelta(seconds=settings.SEGWEB["STALE_AFTER_SECONDS"])
+# A queued job not picked up by then is published again.
+REQUEUE_AFTER = timedelta(seconds=settings.SEGWEB["REQUEUE_AFTER_SECONDS"])
 MAX_ATTEMPTS = 3
+READY_TIMEOUT = 5.0  # seconds /readyz waits for storage and broker before calling them down
 
 
 class StorageUnavailable(Exception):
@@ -449,12 +453,31 @@ def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) 
 
 
 def readiness() -> dict[str, str | None]:
-    """Check database, storage and broker; map each to None (fine) or what is wrong."""
-    return {
-        "database": _check(_check_database),
-        "storage": _check(lambda: default_storage.exists("readyz-probe")),
-        "broker": _check(_check_broker),
-    }
+    """Check database, storage and broker; map each to None (fine) or what is wrong.
+
+    Storage and broker are probed side by side in daemon threads, and one that has not answered
+    within ``READY_TIMEOUT`` seconds is reported down: a store or broker that hangs (rather than
+    refusing connections) must not hang the probe, which load balancers time out on. An
+    abandoned thread ends with its client's own timeout (see the S3 and Redis settings).
+    """
+    results: dict[str, str | None] = {}
+
+    def probe(name: str, check: Callable[[], object]) -> None:
+        results[name] = _check(check)
+
+    threads = [
+        threading.Thread(target=probe, args=args, daemon=True, name=f"readyz-{args[0]}")
+        for args in (("storage", _check_storage), ("broker", _check_broker))
+    ]
+    for thread in threads:
+        thread.start()
+    checks = {"database": _check(_check_database)}  # this thread's connection, like a request's
+    deadline = time.monotonic() + READY_TIMEOUT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for name in ("storage", "broker"):
+        checks[name] = results.get(name, f"no answer in {READY_TIMEOUT:g} s")
+    return checks
 
 
 def _check(probe: Callable[[], object]) -> str | None:
@@ -470,6 +493,16 @@ def _check_database() -> None:
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+
+
+def _check_storage() -> None:
+    bucket = getattr(default_storage, "bucket_name", None)
+    if bucket:
+        # S3: HEAD on the bucket, so that a missing bucket or wrong credentials show here (a
+        # HEAD on a missing key answers 404 in both cases, which looks like "fine").
+        default_storage.connection.meta.client.head_bucket(Bucket=bucket)
+    else:
+        default_storage.exists("readyz-probe")
 
 
 def _check_broker() -> None:

@@ -103,6 +103,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # A database that does not answer fails a request (and /readyz) in seconds instead of
+        # holding a gunicorn thread for the kernel's TCP timeout (minutes). A URL's own
+        # ?connect_timeout= wins.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache: per-user API throttling must be shared by every web process ------------------
@@ -117,6 +122,8 @@ MEDIA_ROOT = DATA_DIR / "media"
 AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
 SIGNED_URL_SECONDS = env.int("SEGWEB_SIGNED_URL_SECONDS", default=300)
 if AWS_STORAGE_BUCKET_NAME:
+    from botocore.config import Config as S3ClientConfig
+
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
@@ -125,8 +132,18 @@ if AWS_STORAGE_BUCKET_NAME:
             "region_name": env.str("AWS_S3_REGION_NAME", default=None),
             "access_key": env.str("AWS_ACCESS_KEY_ID", default=None),
             "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default=None),
-            "addressing_style": env.str("AWS_S3_ADDRESSING_STYLE", default=None),
-            "signature_version": env.str("AWS_S3_SIGNATURE_VERSION", default="s3v4"),
+            # With a client_config, django-storages ignores its own addressing_style and
+            # signature_version options: they are set here instead.
+            "client_config": S3ClientConfig(
+                s3={"addressing_style": env.str("AWS_S3_ADDRESSING_STYLE", default=None)},
+                signature_version=env.str("AWS_S3_SIGNATURE_VERSION", default="s3v4"),
+                # botocore's defaults (60 s per connect and read, 5 legacy attempts) would hold an
+                # upload or /readyz for minutes when the store hangs. Three attempts with
+                # backoff ride out a blip; a dead store answers 503 in seconds.
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"mode": "standard", "max_attempts": 3},
+            ),
             "default_acl": None,  # objects inherit the bucket's (private) policy, never public-read
             "querystring_auth": True,
             "querystring_expire": SIGNED_URL_SECONDS,
@@ -175,7 +192,22 @@ SEGWEB = {
     "DEFAULT_THRESHOLD": env.float("SEGWEB_DEFAULT_THRESHOLD", default=0.5),
     "JOB_TIME_LIMIT": env.int("SEGWEB_JOB_TIME_LIMIT", default=600),  # seconds
     "HISTORY_PAGE_SIZE": 24,
+    # Recovery of jobs a dead worker or a lost message left behind (services.jobs_sweep). A
+    # running job refreshes its heartbeat every HEARTBEAT seconds; one silent for STALE_AFTER
+    # lost its worker and is queued again. Worst case from a worker's death to its job being
+    # queued again: STALE_AFTER + SWEEP_INTERVAL (90 s by default).
+    "HEARTBEAT_SECONDS": env.float("SEGWEB_HEARTBEAT_SECONDS", default=10),
+    "STALE_AFTER_SECONDS": env.float("SEGWEB_STALE_AFTER_SECONDS", default=60),
+    "SWEEP_INTERVAL_SECONDS": env.float("SEGWEB_SWEEP_INTERVAL_SECONDS", default=30),
+    # A queued job published this long ago and still not taken is published again: what
+    # recovers jobs whose message the broker lost (a Redis restarted without persistence).
+    "REQUEUE_AFTER_SECONDS": env.float("SEGWEB_REQUEUE_AFTER_SECONDS", default=600),
 }
+if SEGWEB["STALE_AFTER_SECONDS"] < 3 * SEGWEB["HEARTBEAT_SECONDS"]:
+    # Otherwise one late heartbeat (a busy database) would have a healthy job run twice.
+    raise ImproperlyConfigured(
+        "SEGWEB_STALE_AFTER_SECONDS must be at least 3 × SEGWEB_HEARTBEAT_SECONDS."
+    )
 
 # --- Celery ---------------------------------------------------------------------------------
 QUEUE_DIR = DATA_DIR / "queue"
@@ -194,20 +226,44 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": SEGWEB["JOB_TIME_LIMIT"] * 2}
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        CELERY_BROKER_TRANSPORT_OPTIONS.update(
+            # A broker that stops answering must not hang a publish (an upload) or /readyz:
+            # connect in 3 s or give up; a reply overdue by 10 s means the connection is dead.
+            # Both stay above kombu's 1-second BRPOP poll.
+            socket_connect_timeout=3,
+            socket_timeout=10,
+            # Several segweb instances (or test runs) can share one Redis: each prefixes its keys.
+            global_keyprefix=env.str("SEGWEB_REDIS_KEY_PREFIX", default=""),
+        )
 CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not in a result backend
 CELERY_TASK_ACKS_LATE = True  # a job whose worker dies is delivered again
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # one photo at a time per process: they are long tasks
+# A new pool process loads its model before it reports for work (segweb/celery.py). Celery
+# kills a child that has not reported within 4 s by default: on a busy machine the model loads
+# slower than that, and the worker then kills and re-forks its children for ever (seen in
+# tests/scale when a child was replaced under load).
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120
 CELERY_TASK_TIME_LIMIT = SEGWEB["JOB_TIME_LIMIT"] + 30
 CELERY_TASK_SOFT_TIME_LIMIT = SEGWEB["JOB_TIME_LIMIT"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a worker waits out a broker outage, however long
+# On a lost broker connection, let running jobs finish (their result is in the database) rather
+# than kill them; their unacknowledged message comes back later and finds the job done.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # LOGGING below formats everything, once
 CELERY_WORKER_REDIRECT_STDOUTS = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     # Recovers jobs whose worker died or whose message the broker lost (services.jobs_sweep).
-    "sweep-jobs": {"task": "segmentation.sweep_jobs", "schedule": 30.0},
+    "sweep-jobs": {
+        "task": "segmentation.sweep_jobs",
+        "schedule": SEGWEB["SWEEP_INTERVAL_SECONDS"],
+        # A sweep that waited longer than one interval in the queue is superseded by the next.
+        "options": {"expires": SEGWEB["SWEEP_INTERVAL_SECONDS"]},
+    },
 }
 
 # --- REST API -------------------------------------------------------------------------------

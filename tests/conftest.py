@@ -11,6 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from tests.photos import CHELSEA, COFFEE
+from tests.s3 import s3_storage, seaweedfs  # noqa: F401 - fixtures: a real S3 server
 
 PASSWORD = "correct horse battery staple"
 
