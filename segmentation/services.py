@@ -408,7 +408,7 @@ def user_deactivate(*, user: AbstractBaseUser) -> None:
 
 
 def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) -> dict:
-    """Recover jobs a crash or an outage left behind. Run every minute (Celery beat).
+    """Recover jobs a crash or an outage left behind. Celery beat runs it every 30 s.
 
     - RUNNING with a stale heartbeat (worker killed or machine lost): queued again, or FAILED
       with a message after ``MAX_ATTEMPTS`` tries, so no job stays RUNNING forever;

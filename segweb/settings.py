@@ -211,7 +211,7 @@ if SEGWEB["STALE_AFTER_SECONDS"] < 3 * SEGWEB["HEARTBEAT_SECONDS"]:
 
 # --- Celery ---------------------------------------------------------------------------------
 QUEUE_DIR = DATA_DIR / "queue"
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost/")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # One machine, no Redis: kombu's file transport keeps messages under $SEGWEB_DATA_DIR. It
     # cannot create its folders itself, so they are made here, by whichever process starts first.

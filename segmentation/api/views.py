@@ -23,7 +23,6 @@ from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from .. import files, services
@@ -43,6 +42,7 @@ from .serializers import (
     TokenRequestSerializer,
     TokenSerializer,
 )
+from .throttling import ScopedThrottle
 
 ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="No valid token or session."),
@@ -68,7 +68,7 @@ class TokenView(APIView):
         return [AllowAny()] if self.request.method == "POST" else super().get_permissions()
 
     def get_throttles(self):
-        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+        return [ScopedThrottle()] if self.request.method == "POST" else []
 
     @extend_schema(
         request=TokenRequestSerializer,
@@ -171,7 +171,7 @@ class JobViewSet(
         return JobSummarySerializer if self.action == "list" else JobSerializer
 
     def get_throttles(self):
-        return [ScopedRateThrottle()] if self.action == "create" else []
+        return [ScopedThrottle()] if self.action == "create" else []
 
     @extend_schema(
         request={"multipart/form-data": JobCreateSerializer},

@@ -327,3 +327,12 @@ def test_an_empty_filter_value_is_a_400_not_no_filter(alice, param):
     response = alice.get("/api/jobs/", {param: ""})
     assert response.status_code == 400
     assert param in response.json()["errors"]
+
+
+def test_a_cache_outage_does_not_block_uploads(alice, monkeypatch):
+    def down(*args, **kwargs):
+        raise ConnectionError("cache down")
+
+    monkeypatch.setattr("django.core.cache.cache.get", down)
+    response = alice.post("/api/jobs/", {"image": photo_upload()}, format="multipart")
+    assert response.status_code == 201
