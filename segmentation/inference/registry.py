@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ModelUnavailableError
-from .runtime import OPENVINO, choose_runtime, requested_runtime
+from .runtime import OPENVINO, choose_runtime, manifest_path, requested_runtime
 
 if TYPE_CHECKING:
     from .base import Segmenter
@@ -187,19 +187,24 @@ def _build(name: str, device: str, weights_dir: Path) -> Segmenter:
 
 def _build_openvino(name: str, weights_dir: Path) -> Segmenter | None:
     """The model on OpenVINO, or None (logged) when it has no export that may be used."""
-    from .openvino_runtime import ExportUnusableError, load_openvino_segmenter
+    manifest = manifest_path(name, weights_dir)
+    if not manifest.is_file():  # no need to import openvino to say so
+        reason = f"no OpenVINO export ({manifest} not found)"
+    else:
+        from .openvino_runtime import ExportUnusableError, load_openvino_segmenter
 
-    try:
-        return load_openvino_segmenter(name, weights_dir)
-    except ExportUnusableError as exc:
-        logger.warning(
-            "%s runs with torch, not OpenVINO: %s. To use OpenVINO, run: "
-            "python -m segmentation.inference.export --model %s (make export)",
-            name,
-            exc,
-            name,
-        )
-        return None
+        try:
+            return load_openvino_segmenter(name, weights_dir)
+        except ExportUnusableError as exc:
+            reason = str(exc)
+    logger.warning(
+        "%s runs with torch, not OpenVINO: %s. To use OpenVINO, run: "
+        "python -m segmentation.inference.export --model %s (make export)",
+        name,
+        reason,
+        name,
+    )
+    return None
 
 
 def clear_cache() -> None:

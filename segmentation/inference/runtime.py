@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 from .errors import ModelUnavailableError
 
@@ -61,6 +62,11 @@ def choose_runtime(requested: str, device: str) -> str:
             "(see requirements.txt)."
         )
     return OPENVINO
+
+
+def manifest_path(name: str, weights_dir: Path) -> Path:
+    """Where a model's OpenVINO export manifest lives: ``<weights_dir>/<name>.openvino.json``."""
+    return weights_dir / f"{name}.openvino.json"
 
 
 def openvino_threads() -> int:
