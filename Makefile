@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR := $(abspath $(or $(SEGWEB_DATA_DIR),var))
 PORT ?= 8000
+WORKERS ?= 1
 export SEGWEB_DATA_DIR := $(DATA_DIR)
 
 .PHONY: install install-dev run web worker migrate test test-scale test-fast lint format bench weights export browser clean
@@ -35,13 +36,19 @@ migrate: install $(DATA_DIR)/secret_key
 	$(DJANGO_ENV) $(BIN)/python manage.py migrate --no-input
 
 run: migrate  ## web + worker on 127.0.0.1:$PORT, SQLite + local files + file queue
-	$(DJANGO_ENV) PORT=$(PORT) $(BIN)/python manage.py serve
+	$(DJANGO_ENV) PORT=$(PORT) $(BIN)/python manage.py serve --concurrency $(WORKERS)
 
 web: migrate
 	$(DJANGO_ENV) $(BIN)/gunicorn segweb.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --threads 4
 
+# With WORKERS > 1, the processes share the cores instead of each using all of them (as `serve`
+# does); a value set in the environment wins.
+PER_WORKER = $$(( $$(nproc) / $(WORKERS) > 0 ? $$(nproc) / $(WORKERS) : 1 ))
+THREADS_ENV = SEGWEB_TORCH_THREADS="$${SEGWEB_TORCH_THREADS:-$(PER_WORKER)}" \
+	SEGWEB_OPENVINO_THREADS="$${SEGWEB_OPENVINO_THREADS:-$(PER_WORKER)}"
+
 worker: migrate
-	$(DJANGO_ENV) $(BIN)/celery -A segweb worker --beat --concurrency 1 --loglevel INFO \
+	$(DJANGO_ENV) $(if $(filter-out 1,$(WORKERS)),$(THREADS_ENV)) $(BIN)/celery -A segweb worker --beat --concurrency $(WORKERS) --loglevel INFO \
 		--schedule $(DATA_DIR)/celerybeat-schedule --without-mingle --without-gossip
 
 browser:  ## Debian's Chromium for the browser tests (tests skip, saying so, without it)
@@ -74,11 +81,15 @@ format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install-dev  ## engine benchmark (figures go to docs/benchmarks.md)
+bench: install-dev  ## engine and runtime benchmarks (figures go to docs/benchmarks.md)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/runtime.py
 
 weights: install  ## download torchvision's Mask R-CNN COCO weights (needs internet)
 	$(BIN)/python -m segmentation.inference.weights download
+
+export: install-dev  ## convert the models for the OpenVINO runtime, checked on real photos
+	$(BIN)/python -m segmentation.inference.export
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

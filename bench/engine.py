@@ -3,6 +3,8 @@
     python bench/engine.py                 # every usable model (+ Mask R-CNN on random weights)
     python bench/engine.py --repeat 7 --models yolov7_seg
 
+The torch runtime, always: bench/runtime.py compares it with OpenVINO.
+
 "predict" is the whole engine from a JPEG file: decode, EXIF and colour handling, the network, its
 post-processing and box-local masks. "forward" is the bare network as its authors run it on the
 decoded pixels (for Mask R-CNN: torchvision's model() with its full-image mask paste).
@@ -76,7 +78,7 @@ def bench_model(name: str, weights_dir: Path | None, repeat: int, threshold: flo
     def decode_and_predict(data: bytes) -> list:
         return segmenter.predict(load_image(data), score_threshold=threshold)
 
-    load_s, segmenter = timed(load_segmenter, name, weights_dir=weights_dir)
+    load_s, segmenter = timed(load_segmenter, name, weights_dir=weights_dir, runtime="torch")
     rows = []
     for label, photo in photos().items():
         data = as_jpeg(photo)
@@ -166,7 +168,7 @@ from pathlib import Path
 from bench.engine import photos
 from segmentation.inference import load_segmenter, render_overlay
 weights_dir = {str(weights_dir) if weights_dir else None!r}
-segmenter = load_segmenter({name!r}, weights_dir=weights_dir and Path(weights_dir))
+segmenter = load_segmenter({name!r}, weights_dir=weights_dir and Path(weights_dir), runtime="torch")
 image = photos()["motorcycle 12 MP"]
 started = time.perf_counter()
 if {torchvision_paste!r}:
