@@ -10,8 +10,9 @@ import tempfile
 
 # Tests run with DEBUG off, like production; the key only has to exist.
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
-# Local state (queue folders, SQLite file) of the test run goes to a throwaway directory.
-os.environ.setdefault("SEGWEB_DATA_DIR", tempfile.mkdtemp(prefix="segweb-tests-"))
+# Local state (queue folders, SQLite file) of the test run goes to a throwaway directory, never
+# to the data directory of a segweb running beside it (the Makefile exports SEGWEB_DATA_DIR).
+os.environ["SEGWEB_DATA_DIR"] = tempfile.mkdtemp(prefix="segweb-tests-")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "segweb.settings")
 # CI's second pass (`make test-scale`) names a PostgreSQL server: the suite then runs on it. Where
 # none answers, the suite stays on SQLite and the PostgreSQL tests skip, saying so.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ OUTPUT = Path(__file__).resolve().parents[1] / "test-results"
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):  # CI installs it: a missing browser there is a failure
+            pytest.fail(f"{CHROMIUM} is missing on CI (`make browser` installs Debian's chromium)")
         pytest.skip("Debian's chromium is not installed (`make browser` installs it)")
     from playwright.sync_api import sync_playwright
 
