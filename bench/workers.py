@@ -3,7 +3,7 @@
 Runs the real stack (tests/scale/stack.py: gunicorn, Celery, PostgreSQL, Redis, SeaweedFS) once
 per configuration, queues the same photos, and prints jobs/min and the worker's memory. Needs
 PostgreSQL and Redis (SEGWEB_TEST_POSTGRES_URL, SEGWEB_TEST_REDIS_URL). Figures:
-docs/benchmarks-scale.md.
+docs/benchmarks.md (Scale-out stack).
 
     .venv/bin/python bench/workers.py [--jobs 16] [--rounds 2]
 """

@@ -2,7 +2,7 @@
 
 What must hold: no job is left queued or running for ever, no request gets a 500, nothing is
 half-saved, and everything works again once the service is back. Recovery times are printed (and
-appended to ``$SEGWEB_SCALE_REPORT``): docs/benchmarks-scale.md quotes them. The stack runs with
+appended to ``$SEGWEB_SCALE_REPORT``): docs/benchmarks.md quotes them. The stack runs with
 shortened recovery settings (``tests.scale.stack.FAST_RECOVERY``).
 """
 

@@ -2,7 +2,7 @@
 
 Every accepted job must succeed with a readable overlay, and no request may get a 5xx. The
 figures (throughput, submit latency) are printed and written to ``$SEGWEB_SCALE_REPORT`` when set;
-docs/benchmarks-scale.md quotes them.
+docs/benchmarks.md quotes them.
 """
 
 from __future__ import annotations
