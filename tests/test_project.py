@@ -75,3 +75,19 @@ def test_the_web_process_never_imports_torch(tmp_path):
     assert out["pages"] == [200] * 7
     assert out["torch"] is False
     assert out["cv2"] is False
+
+
+def test_every_setting_read_from_the_environment_is_documented():
+    """A variable the code reads but the README table and .env.example omit is one nobody finds."""
+    import re
+
+    sources = [ROOT / "segweb" / "settings.py", *(ROOT / "segmentation").rglob("*.py")]
+    pattern = re.compile(
+        r"""(?:env(?:\.\w+)?\(|environ\.get\(|environ\[)["']((?:SEGWEB|DJANGO|AWS|CELERY|DATABASE|CACHE)_[A-Z0-9_]+)"""
+    )
+    names = {name for path in sources for name in pattern.findall(path.read_text())}
+    assert {"SEGWEB_DATA_DIR", "SEGWEB_RUNTIME", "DATABASE_URL"} <= names  # the scan works
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    assert sorted(n for n in names if f"`{n}`" not in readme) == []
+    assert sorted(n for n in names if not re.search(rf"^#? ?{n}=", example, re.M)) == []

@@ -5,7 +5,8 @@ Skipped where there is no GPU (CI, the developers' machines). Run on a GPU machi
 
 GPU and CPU kernels round differently (cuDNN picks its own convolution algorithms), so answers are
 compared with tolerances, not bit for bit: same labels, scores within 1e-2, box IoU >= 0.98, mask
-IoU >= 0.95 (or at most 16 pixels off), for every detection not within the score tolerance of the threshold.
+IoU >= 0.95 (or at most 16 pixels off), for every detection not within the score tolerance of
+the threshold.
 """
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from segmentation.inference import Detection, load_image, load_segmenter, render_overlay
-from segmentation.inference.registry import MASKRCNN, YOLOV7, WEIGHTS_FILES
+from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, YOLOV7
 from tests.inference.conftest import random_maskrcnn
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE
 
