@@ -52,6 +52,35 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+class InPlaceTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, normalising in place: the same values with a third of the memory.
+
+    torchvision computes ``(image - mean) / std`` into two new full-size float tensors while its
+    input is still alive (at 12 MP, 144 MB each). Every tensor segweb hands this transform is made
+    for that one call (``rgb_tensor``), so the same subtraction and division can overwrite it:
+    identical IEEE operations, identical results, and ~290 MB less at a 12 MP worker's peak.
+    Only ``_predict`` uses it; ``forward`` keeps the model's own transform.
+    """
+
+    @classmethod
+    def like(cls, transform: GeneralizedRCNNTransform) -> InPlaceTransform:
+        return cls(
+            min_size=transform.min_size,
+            max_size=transform.max_size,
+            image_mean=transform.image_mean,
+            image_std=transform.image_std,
+            size_divisible=transform.size_divisible,
+            fixed_size=transform.fixed_size,
+        ).eval()
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if not image.is_floating_point():
+            return super().normalize(image)  # torchvision's error
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return image.sub_(mean[:, None, None]).div_(std[:, None, None])
+
+
 class MaskRCNNBase(Segmenter):
     """What every Mask R-CNN runtime shares: torchvision's transform before the network, our
     box-local paste after it. Subclasses run the network itself (``_detect``)."""
@@ -104,7 +133,7 @@ class MaskRCNNSegmenter(MaskRCNNBase):
                 f"Weights file {weights} does not fit {name}: " + " ".join(first)
             ) from exc
         self.model = model.eval().to(device)
-        self.transform = self.model.transform
+        self.transform = InPlaceTransform.like(self.model.transform)
         self.default_score_threshold = self.model.roi_heads.score_thresh
 
     def forward(self, rgb: Image.Image) -> list[dict[str, torch.Tensor]]:

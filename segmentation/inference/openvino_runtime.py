@@ -31,11 +31,11 @@ import torch
 import torchvision
 from PIL import Image
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import resize_boxes
 
 from .base import rgb_tensor
 from .errors import InferenceError
-from .maskrcnn import MaskRCNNBase
+from .maskrcnn import InPlaceTransform, MaskRCNNBase
 from .ov import ov
 from .registry import WEIGHTS_FILES, YOLOV7, yolo_checkpoint_path
 from .runtime import (
@@ -190,7 +190,7 @@ class OpenVINOMaskRCNNSegmenter(MaskRCNNBase):
         self.name = name
         self.weights = weights
         transform = config["transform"]
-        self.transform = GeneralizedRCNNTransform(
+        self.transform = InPlaceTransform(
             min_size=transform["min_size"],
             max_size=transform["max_size"],
             image_mean=transform["image_mean"],
