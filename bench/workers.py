@@ -24,12 +24,12 @@ from tests.photos import COFFEE
 from tests.s3 import SeaweedFS
 from tests.scale.stack import Stack, TemporaryDatabase, postgres_unavailable, redis_unavailable
 
-# (label, pool, concurrency, torch threads per process) on a 2-core machine.
+# (label, pool, concurrency, torch or OpenVINO threads per process) on a 2-core machine.
 CONFIGS = [
-    ("prefork x2, 1 torch thread each", "prefork", 2, 1),
-    ("threads x2, 1 torch thread", "threads", 2, 1),
-    ("prefork x1, 2 torch threads", "prefork", 1, 2),
-    ("threads x2, 2 torch threads", "threads", 2, 2),
+    ("prefork x2, 1 thread each", "prefork", 2, 1),
+    ("threads x2, 1 thread", "threads", 2, 1),
+    ("prefork x1, 2 threads", "prefork", 1, 2),
+    ("threads x2, 2 threads", "threads", 2, 2),
 ]
 
 
@@ -52,8 +52,8 @@ def tree_rss_mb(pid: int) -> float:
 def run(label, pool, concurrency, threads, jobs, seaweedfs, root) -> dict:
     database = TemporaryDatabase()
     database.create()
-    stack = Stack(root, database=database, s3_env=seaweedfs.environment(),
-                  SEGWEB_TORCH_THREADS=str(threads))  # fmt: skip
+    threads_env = {"SEGWEB_TORCH_THREADS": str(threads), "SEGWEB_OPENVINO_THREADS": str(threads)}
+    stack = Stack(root, database=database, s3_env=seaweedfs.environment(), **threads_env)
     try:
         stack.prepare()
         stack.start_web()
@@ -72,6 +72,7 @@ def run(label, pool, concurrency, threads, jobs, seaweedfs, root) -> dict:
         last = max(datetime.fromisoformat(j["finished_at"]).timestamp() for j in done)
         return {
             "config": label,
+            "runtime": done[0]["runtime"],  # OpenVINO where `make export` ran, else torch
             "jobs_per_minute": round(jobs / (last - started) * 60, 1),
             "worker_rss_mb": round(tree_rss_mb(stack.processes["w1"].pid)),
         }

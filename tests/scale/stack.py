@@ -179,6 +179,7 @@ class Stack:
             "SEGWEB_REDIS_KEY_PREFIX": self.key_prefix,
             "SEGWEB_JOB_CREATE_RATE": "10000/min",
             "SEGWEB_TORCH_THREADS": "1",
+            "SEGWEB_OPENVINO_THREADS": "1",
             **FAST_RECOVERY,
             **s3_env,
             **env,
