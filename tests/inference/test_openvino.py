@@ -7,11 +7,7 @@ export`` runs.
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +27,8 @@ from segmentation.inference.export import (
 from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, YOLOV7
 from segmentation.inference.runtime import choose_runtime
 from tests.inference.conftest import random_maskrcnn
+from tests.inference.test_isolation import run_python
 
-ROOT = Path(__file__).resolve().parents[2]
 CHECK_PHOTOS = ("astronaut.png",)  # (+ itself as a portrait): enough for an export here
 MASKRCNN_THRESHOLDS = (0.25, 0.3, 0.4)  # random weights score ~0.2-0.5
 YOLO_THRESHOLDS = (0.25, 0.5)
@@ -259,20 +255,6 @@ def test_detections_that_differ_are_reported(yolo, photos):
     assert compare_detections(detections, detections, threshold=0.3) == []
     problems = compare_detections(detections, detections[1:], threshold=0.3)
     assert problems == [f"missing {export_module._describe(detections[0])}"]
-
-
-def run_python(code: str, tmp_path: Path) -> dict:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_the_web_side_of_the_engine_never_imports_openvino(tmp_path):
