@@ -47,8 +47,9 @@ class Command(BaseCommand):
             ],
         }  # fmt: skip
         # One process uses every core for one photo (fastest answer, one model in memory).
-        # Several share the cores: measured on 2 cores, 2 processes x 1 thread completed 2.4x the
-        # jobs/min of 1 x 2 threads, for twice the memory (docs/benchmarks.md, bench/workers.py).
+        # Several share the cores: measured on 2 cores, 2 processes x 1 thread completed 1.26x the
+        # jobs/min of 1 x 2 threads (2.4x on a busy machine), for twice the memory
+        # (bench/workers.py, docs/benchmarks.md).
         worker_env = dict(os.environ)
         if concurrency > 1:
             per_process = str(max(1, len(os.sched_getaffinity(0)) // concurrency))
