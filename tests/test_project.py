@@ -33,6 +33,22 @@ def test_settings_refuse_to_start_without_a_secret_key(tmp_path):
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
+def test_the_key_make_run_generated_lets_other_commands_start(tmp_path):
+    # `make run` prints "SEGWEB_DATA_DIR=... manage.py createsuperuser": no key in the environment.
+    (tmp_path / "secret_key").write_text("k" * 50 + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    env.update(SEGWEB_DATA_DIR=str(tmp_path), DJANGO_DEBUG="0")
+    code = (
+        "import django; django.setup(); "
+        "from django.conf import settings; print(settings.SECRET_KEY)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "k" * 50
+
+
 def test_the_web_process_never_imports_torch(tmp_path):
     """Sign in, upload, browse and open a job through Django, in a fresh interpreter."""
     code = textwrap.dedent(
