@@ -41,14 +41,8 @@ run: migrate  ## web + worker on 127.0.0.1:$PORT, SQLite + local files + file qu
 web: migrate
 	$(DJANGO_ENV) $(BIN)/gunicorn segweb.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --threads 4
 
-# With WORKERS > 1, the processes share the cores instead of each using all of them (as `serve`
-# does); a value set in the environment wins.
-PER_WORKER = $$(( $$(nproc) / $(WORKERS) > 0 ? $$(nproc) / $(WORKERS) : 1 ))
-THREADS_ENV = SEGWEB_TORCH_THREADS="$${SEGWEB_TORCH_THREADS:-$(PER_WORKER)}" \
-	SEGWEB_OPENVINO_THREADS="$${SEGWEB_OPENVINO_THREADS:-$(PER_WORKER)}"
-
 worker: migrate
-	$(DJANGO_ENV) $(if $(filter-out 1,$(WORKERS)),$(THREADS_ENV)) $(BIN)/celery -A segweb worker --beat --concurrency $(WORKERS) --loglevel INFO \
+	$(DJANGO_ENV) $(BIN)/celery -A segweb worker --beat --concurrency $(WORKERS) --loglevel INFO \
 		--schedule $(DATA_DIR)/celerybeat-schedule --without-mingle --without-gossip
 
 browser:  ## Debian's Chromium for the browser tests (tests skip, saying so, without it)

