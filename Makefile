@@ -29,20 +29,20 @@ $(DATA_DIR)/secret_key:
 	mkdir -p $(DATA_DIR)
 	umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
-# The local secret key is generated once and kept under the data directory.
-DJANGO_ENV = DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(cat $(DATA_DIR)/secret_key)}"
+# The local secret key is generated once and kept under the data directory, where the settings
+# read it when DJANGO_SECRET_KEY is not set.
 
 migrate: install $(DATA_DIR)/secret_key
-	$(DJANGO_ENV) $(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py migrate --no-input
 
 run: migrate  ## web + worker on 127.0.0.1:$PORT, SQLite + local files + file queue
-	$(DJANGO_ENV) PORT=$(PORT) $(BIN)/python manage.py serve --concurrency $(WORKERS)
+	PORT=$(PORT) $(BIN)/python manage.py serve --concurrency $(WORKERS)
 
 web: migrate
-	$(DJANGO_ENV) $(BIN)/gunicorn segweb.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --threads 4
+	$(BIN)/gunicorn segweb.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --threads 4
 
 worker: migrate
-	$(DJANGO_ENV) $(BIN)/celery -A segweb worker --beat --concurrency $(WORKERS) --loglevel INFO \
+	$(BIN)/celery -A segweb worker --beat --concurrency $(WORKERS) --loglevel INFO \
 		--schedule $(DATA_DIR)/celerybeat-schedule --without-mingle --without-gossip
 
 browser:  ## Debian's Chromium for the browser tests (tests skip, saying so, without it)

@@ -24,10 +24,11 @@ _INSECURE_KEY = "insecure-development-key-do-not-use-in-production"
 # `make run` generates a local key in the data directory; reading it here lets every command of
 # that installation (`manage.py createsuperuser`...) start without exporting it.
 _KEY_FILE = DATA_DIR / "secret_key"
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or (
-    _KEY_FILE.read_text().strip() if _KEY_FILE.is_file() else ""
+SECRET_KEY = (
+    env.str("DJANGO_SECRET_KEY", default="")
+    or (_KEY_FILE.read_text().strip() if _KEY_FILE.is_file() else "")
+    or (_INSECURE_KEY if DEBUG else "")
 )
-SECRET_KEY = SECRET_KEY or (_INSECURE_KEY if DEBUG else "")
 if not SECRET_KEY or (SECRET_KEY == _INSECURE_KEY and not DEBUG):
     raise ImproperlyConfigured(
         "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off "
