@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,17 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.engine import random_weights_dir
 from segmentation.inference import load_image, load_segmenter
-from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, YOLOV7
-from tests.inference.conftest import random_maskrcnn
+from segmentation.inference.registry import MASKRCNN, YOLOV7
 from tests.photos import ASTRONAUT, MOTORCYCLE
 
 
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU here")
-    weights = Path(tempfile.mkdtemp(prefix="segweb-bench-"))
-    torch.save(random_maskrcnn().state_dict(), weights / WEIGHTS_FILES[MASKRCNN])
+    weights = random_weights_dir()
     photos = {
         "astronaut 512x512": load_image(ASTRONAUT),
         "motorcycle 741x500": load_image(MOTORCYCLE),

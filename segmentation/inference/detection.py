@@ -7,6 +7,7 @@ image-sized mask when a caller really needs one; ``rle()`` encodes straight from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,3 +132,26 @@ def _rle_string(counts: list[int]) -> str:
                 c |= 0x20
             out.append(c + 48)
     return out.decode("ascii")
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (1.0 for two empty boxes)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 1.0
+
+
+def mask_iou(a: Detection, b: Detection) -> float:
+    """Intersection over union of two detections' masks (1.0 when both are empty)."""
+    x0, y0 = min(a.mask_box[0], b.mask_box[0]), min(a.mask_box[1], b.mask_box[1])
+    x1, y1 = max(a.mask_box[2], b.mask_box[2]), max(a.mask_box[3], b.mask_box[3])
+    canvases = []
+    for det in (a, b):
+        canvas = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        bx0, by0, bx1, by1 = det.mask_box
+        canvas[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = det.mask
+        canvases.append(canvas)
+    union = np.count_nonzero(canvases[0] | canvases[1])
+    return np.count_nonzero(canvases[0] & canvases[1]) / union if union else 1.0

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from segmentation.inference import Detection, load_image, load_segmenter, render_overlay
+from segmentation.inference.detection import box_iou, mask_iou
 from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, YOLOV7
 from tests.inference.conftest import random_maskrcnn
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE
@@ -25,20 +26,6 @@ MIN_BOX_IOU = 0.98
 MIN_MASK_IOU = 0.95
 #: ...or, for masks of a few dozen pixels (the random Mask R-CNN's thin ones), this many pixels.
 MAX_PIXELS_OFF = 16
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 1.0
-
-
-def mask_iou(a: Detection, b: Detection) -> float:
-    ma, mb = a.full_mask(), b.full_mask()
-    union = np.logical_or(ma, mb).sum()
-    return float(np.logical_and(ma, mb).sum() / union) if union else 1.0
 
 
 def assert_same_answers(cpu: list[Detection], gpu: list[Detection], threshold: float) -> None:
