@@ -6,7 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 
 class JobQuerySet(models.QuerySet):
@@ -23,7 +23,19 @@ class JobQuerySet(models.QuerySet):
         return self.filter(owner=user, hidden=False)
 
     def with_label(self, label: str) -> JobQuerySet:
-        return self.filter(pk__in=Detection.objects.filter(label=label).values("job_id"))
+        """Jobs with at least one instance of ``label`` above their current threshold."""
+        found = Detection.objects.above_threshold().filter(label=label)
+        return self.filter(pk__in=found.values("job_id"))
+
+
+class DetectionQuerySet(models.QuerySet):
+    def above_threshold(self) -> DetectionQuerySet:
+        """Instances that count: those scoring at least their job's current threshold.
+
+        A job keeps detections down to ``kept_min_score`` so that its threshold can be changed
+        later without running the model again; everything shown or exported uses this.
+        """
+        return self.filter(score__gte=F("job__score_threshold"))
 
 
 class Job(models.Model):
@@ -51,7 +63,10 @@ class Job(models.Model):
 
     model = models.CharField(max_length=64, help_text="Model that runs (or ran) the job.")
     runtime = models.CharField(max_length=16, blank=True, help_text="torch, openvino...")
-    score_threshold = models.FloatField()
+    score_threshold = models.FloatField(help_text="Detections scoring less are not shown.")
+    kept_min_score = models.FloatField(
+        help_text="Detections down to this score are kept, so the threshold can go this low."
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
@@ -65,6 +80,13 @@ class Job(models.Model):
 
     error = models.TextField(blank=True, help_text="Why the job failed, for its owner.")
     overlay = models.FileField(max_length=255, blank=True)
+    overlay_thumbnail = models.FileField(max_length=255, blank=True)
+    overlay_threshold = models.FloatField(
+        null=True, blank=True, help_text="The threshold the stored overlay was drawn at."
+    )
+    preview = models.FileField(
+        max_length=255, blank=True, help_text="The photo at screen size, for the viewer."
+    )
 
     hidden = models.BooleanField(default=False, help_text="Hidden from its owner by a moderator.")
     hidden_reason = models.TextField(blank=True)
@@ -90,6 +112,10 @@ class Job(models.Model):
             models.CheckConstraint(
                 condition=Q(score_threshold__gte=0) & Q(score_threshold__lte=1),
                 name="job_threshold_0_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(kept_min_score__gte=0) & Q(kept_min_score__lte=F("score_threshold")),
+                name="job_kept_min_score_below_threshold",
             ),
             models.CheckConstraint(
                 condition=Q(status__in=["queued", "running", "succeeded", "failed"]),
@@ -128,6 +154,8 @@ class Detection(models.Model):
     y2 = models.FloatField()
     area = models.PositiveIntegerField(help_text="Mask pixels.")
     rle = models.JSONField(help_text='COCO RLE: {"size": [h, w], "counts": "..."}')
+
+    objects = DetectionQuerySet.as_manager()
 
     class Meta:
         ordering = ["job", "rank"]

@@ -26,12 +26,13 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from .inference import InferenceError, ModelUnavailableError, resolve_model_name
 from .inference.registry import AUTO
 from .models import Detection, Job
-from .uploads import UploadError, validate_threshold, validate_upload
+from .uploads import THUMBNAIL_SIZE, UploadError, validate_threshold, validate_upload
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ class StorageUnavailable(Exception):
 
 class IllegalTransition(Exception):
     """The job is not in a state that allows this action."""
+
+
+class ThresholdError(ValueError):
+    """A threshold outside what the job kept; the message names the allowed range (a 400)."""
 
 
 # --- Creating jobs --------------------------------------------------------------------------
@@ -90,12 +95,18 @@ def job_create(
                 height=image.height,
                 model=model_name,
                 score_threshold=threshold,
+                kept_min_score=keep_floor(threshold),
             )
             job_enqueue(job=job)
     except BaseException:
         _delete_files(stored)
         raise
     return job
+
+
+def keep_floor(threshold: float) -> float:
+    """The lowest score a job with this threshold keeps: ``SEGWEB_KEEP_MIN_SCORE``, or lower."""
+    return min(settings.SEGWEB["KEEP_MIN_SCORE"], threshold)
 
 
 def model_for_new_job(model: str | None) -> str:
@@ -189,46 +200,78 @@ def job_run(*, job_id: uuid.UUID | str) -> None:
         logger.info("job %s: not queued any more (taken, finished or deleted)", job_id)
         return
     started = time.perf_counter()
-    overlay_name = ""
+    saved: list[str] = []
     try:
         with _Heartbeat(job.pk):
             result = _segment(job)
-            overlay_name = _save(f"overlays/{job.owner_id}/{job.pk}.png", result.overlay_png)
+            overlay = _save_overlay(job, result.pictures, saved)
+            preview = job.preview.name
+            if not preview:
+                preview = _save(f"previews/{job.owner_id}/{job.pk}.jpg", result.pictures.preview)
+                saved.append(preview)
         job_succeed(
             job=job,
             detections=result.detections,
-            overlay=overlay_name,
+            overlay=overlay.png,
+            overlay_thumbnail=overlay.thumbnail,
+            overlay_threshold=overlay.threshold,
+            preview=preview,
             runtime=result.runtime,
             inference_ms=result.inference_ms,
             total_ms=round((time.perf_counter() - started) * 1000),
         )
     except IllegalTransition:
-        _delete_files([overlay_name])  # deleted or re-queued by a moderator meanwhile
+        _delete_files(saved)  # deleted or re-queued by a moderator meanwhile
         logger.info("job %s: changed while running; result discarded", job.pk)
     except (InferenceError, StorageUnavailable) as exc:
-        _delete_files([overlay_name])
+        _delete_files(saved)
         job_fail(job=job, message=str(exc))
     except SoftTimeLimitExceeded:
-        _delete_files([overlay_name])
+        _delete_files(saved)
         limit = settings.SEGWEB["JOB_TIME_LIMIT"]
         job_fail(job=job, message=f"Segmentation took longer than the {limit}-second limit.")
     except Exception:
-        _delete_files([overlay_name])
+        _delete_files(saved)
         logger.exception("job %s: unexpected error", job.pk)
         job_fail(job=job, message="Segmentation failed because of an internal error.")
         raise
 
 
 @dataclass
+class _Pictures:
+    threshold: float  # the overlay shows the detections scoring at least this
+    overlay_png: ContentFile
+    overlay_thumbnail: ContentFile
+    preview: ContentFile
+
+
+@dataclass
 class _Result:
     detections: list
-    overlay_png: ContentFile
+    pictures: _Pictures
     runtime: str
     inference_ms: int
 
 
+PREVIEW_SIZE = (1600, 1600)  # the viewer's photo: sharp on screens, a few hundred KB
+
+
 def _segment(job: Job) -> _Result:
-    from .inference import load_image, load_segmenter, render_overlay
+    from .inference import load_segmenter
+
+    image = _load_photo(job)
+    segmenter = load_segmenter(job.model)
+    started = time.perf_counter()
+    # Everything down to the keep floor is stored, so the threshold can be lowered later
+    # without running the model again; only what scores above the threshold is shown.
+    detections = segmenter.predict(image, score_threshold=job.kept_min_score)
+    inference_ms = round((time.perf_counter() - started) * 1000)
+    pictures = _draw(image, detections, job.score_threshold)
+    return _Result(detections, pictures, segmenter.runtime, inference_ms)
+
+
+def _load_photo(job: Job):
+    from .inference import load_image
 
     try:
         with default_storage.open(job.image.name, "rb") as f:
@@ -236,15 +279,53 @@ def _segment(job: Job) -> _Result:
     except Exception as exc:
         logger.exception("job %s: cannot read %s", job.pk, job.image.name)
         raise StorageUnavailable("The uploaded photo could not be read from storage.") from exc
-    image = load_image(data, max_pixels=settings.SEGWEB["MAX_PIXELS"])
-    segmenter = load_segmenter(job.model)
-    started = time.perf_counter()
-    detections = segmenter.predict(image, score_threshold=job.score_threshold)
-    inference_ms = round((time.perf_counter() - started) * 1000)
+    return load_image(data, max_pixels=settings.SEGWEB["MAX_PIXELS"])
+
+
+def _draw(image, detections: list, threshold: float) -> _Pictures:
+    """The overlay (PNG), its thumbnail and the viewer's preview of the photo."""
+    from .inference import render_overlay
+
+    shown = [d for d in detections if d.score >= threshold]
+    overlay = render_overlay(image, shown)
     buffer = io.BytesIO()
     # compress_level=1: 4x faster than the default on a 12 MP overlay, for ~20% more bytes.
-    render_overlay(image, detections).save(buffer, "PNG", compress_level=1)
-    return _Result(detections, ContentFile(buffer.getvalue()), segmenter.runtime, inference_ms)
+    overlay.save(buffer, "PNG", compress_level=1)
+    return _Pictures(
+        threshold=threshold,
+        overlay_png=ContentFile(buffer.getvalue()),
+        overlay_thumbnail=ContentFile(_jpeg(overlay, THUMBNAIL_SIZE, quality=82)),
+        preview=ContentFile(_jpeg(image, PREVIEW_SIZE, quality=82)),
+    )
+
+
+def _jpeg(image, size: tuple[int, int], *, quality: int) -> bytes:
+    from PIL import Image
+
+    # A cheap box-filter reduction first: LANCZOS over 12 MP would take most of a second.
+    factor = max(1, min(image.width // size[0], image.height // size[1]) // 2)
+    small = image.reduce(factor) if factor > 1 else image.copy()
+    small.thumbnail(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.convert("RGB").save(buffer, "JPEG", quality=quality, optimize=True, progressive=True)
+    return buffer.getvalue()
+
+
+def _save_overlay(job: Job, pictures: _Pictures, saved: list[str]) -> _Overlay:
+    # A new name each time: a browser that cached the old overlay never shows it for the new.
+    stem = f"overlays/{job.owner_id}/{job.pk}-{uuid.uuid4().hex[:8]}"
+    png = _save(f"{stem}.png", pictures.overlay_png)
+    saved.append(png)
+    thumbnail = _save(f"{stem}-small.jpg", pictures.overlay_thumbnail)
+    saved.append(thumbnail)
+    return _Overlay(png=png, thumbnail=thumbnail, threshold=pictures.threshold)
+
+
+@dataclass
+class _Overlay:
+    png: str
+    thumbnail: str
+    threshold: float
 
 
 class _Heartbeat:
@@ -285,11 +366,19 @@ def job_succeed(
     job: Job,
     detections: list,
     overlay: str,
+    overlay_thumbnail: str = "",
+    overlay_threshold: float | None = None,
+    preview: str = "",
     runtime: str,
     inference_ms: int,
     total_ms: int,
 ) -> None:
-    """Record a finished job and its detections atomically (RUNNING -> SUCCEEDED)."""
+    """Record a finished job and its detections atomically (RUNNING -> SUCCEEDED).
+
+    ``detections`` are everything down to the job's ``kept_min_score``, best first; the
+    overlay files show those scoring at least ``overlay_threshold`` (the job's threshold when
+    not given).
+    """
     rows = [
         Detection(
             job_id=job.pk,
@@ -312,6 +401,11 @@ def job_succeed(
             status=Job.Status.SUCCEEDED,
             finished_at=timezone.now(),
             overlay=overlay,
+            overlay_thumbnail=overlay_thumbnail,
+            overlay_threshold=(
+                job.score_threshold if overlay_threshold is None else overlay_threshold
+            ),
+            preview=preview or F("preview"),
             runtime=runtime,
             inference_ms=inference_ms,
             total_ms=total_ms,
@@ -342,12 +436,97 @@ def warm_up_worker() -> None:
         logger.error("worker: default model cannot load: %s", exc)
 
 
+# --- Changing the threshold after the fact --------------------------------------------------
+
+
+def can_change_threshold(*, user: AbstractBaseUser, job: Job) -> bool:
+    """Whether ``user`` may change ``job``'s threshold: its owner, or a moderator allowed to
+    change jobs. The caller has already found the job through ``Job.objects.for_user``."""
+    return job.owner_id == user.pk or user.has_perm("segmentation.change_job")
+
+
+def job_set_threshold(*, job: Job, threshold: float) -> Job:
+    """Show ``job``'s detections scoring at least ``threshold``, without running the model again.
+
+    Allowed from the job's ``kept_min_score`` (what the worker kept) to 1, in any state: a
+    queued job simply starts with it. Nothing else changes (``finished_at``, ``inference_ms``,
+    ``attempts``...). The overlay files are re-drawn on their next download
+    (``job_overlay_current``). Raises ``ThresholdError`` naming the allowed range.
+    """
+    is_number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
+    if not (is_number and job.kept_min_score <= threshold <= 1):
+        raise ThresholdError(threshold_range_message(job))
+    # Conditional on the floor: a rerun can change it meanwhile (the check constraint would
+    # refuse the row; this refuses it with the message).
+    updated = Job.objects.filter(pk=job.pk, kept_min_score__lte=threshold).update(
+        score_threshold=threshold
+    )
+    if not updated:
+        raise ThresholdError("The job changed meanwhile; reload it and try again.")
+    job.refresh_from_db()
+    return job
+
+
+def threshold_range_message(job: Job) -> str:
+    low = job.kept_min_score
+    return (
+        f"score_threshold must be a number from {low:g} to 1 for this job "
+        f"(detections scoring below {low:g} were not kept)."
+    )
+
+
+def job_overlay_current(*, job: Job) -> Job:
+    """Make sure ``job``'s overlay files show its current threshold, re-drawing them if not.
+
+    The first download after a threshold change pays for one drawing (about a second for a
+    12 MP photo, from the stored masks: the model does not run); later downloads get the stored
+    files. Two requests racing both draw, one wins; the loser's files are removed. Raises
+    ``StorageUnavailable`` (503) when the photo cannot be read or the files not saved.
+    """
+    threshold = job.score_threshold
+    if job.status != Job.Status.SUCCEEDED or job.overlay_threshold == threshold:
+        return job
+    from .inference import InvalidImageError
+    from .masks import to_found_all
+
+    try:
+        image = _load_photo(job)
+    except InvalidImageError as exc:  # the stored photo decoded once; it should again
+        raise StorageUnavailable("The stored photo could not be read.") from exc
+    shown = to_found_all(job.detections.filter(score__gte=threshold).order_by("rank"))
+    pictures = _draw(image, shown, threshold)
+    saved: list[str] = []
+    try:
+        overlay = _save_overlay(job, pictures, saved)
+    except StorageUnavailable:
+        _delete_files(saved)
+        raise
+    old = [job.overlay.name, job.overlay_thumbnail.name]
+    with transaction.atomic():
+        updated = Job.objects.filter(
+            pk=job.pk,
+            status=Job.Status.SUCCEEDED,
+            score_threshold=threshold,
+            overlay=job.overlay.name,
+        ).update(
+            overlay=overlay.png,
+            overlay_thumbnail=overlay.thumbnail,
+            overlay_threshold=threshold,
+        )
+        transaction.on_commit(lambda: _delete_files(old if updated else saved))
+    job.refresh_from_db()
+    return job
+
+
 # --- Moderation and owners' actions ---------------------------------------------------------
 
 
 def job_rerun(*, job: Job) -> Job:
-    """Run a finished job again (SUCCEEDED | FAILED -> QUEUED), dropping its old results."""
-    old_overlay = job.overlay.name
+    """Run a finished job again (SUCCEEDED | FAILED -> QUEUED), dropping its old results.
+
+    The keep floor is taken afresh from the settings and the job's threshold.
+    """
+    old_files = [job.overlay.name, job.overlay_thumbnail.name]
     with transaction.atomic():
         updated = Job.objects.filter(pk=job.pk, status__in=Job.FINISHED).update(
             status=Job.Status.QUEUED,
@@ -358,6 +537,9 @@ def job_rerun(*, job: Job) -> Job:
             attempts=0,
             error="",
             overlay="",
+            overlay_thumbnail="",
+            overlay_threshold=None,
+            kept_min_score=Least(F("score_threshold"), settings.SEGWEB["KEEP_MIN_SCORE"]),
             runtime="",
             inference_ms=None,
             total_ms=None,
@@ -366,7 +548,7 @@ def job_rerun(*, job: Job) -> Job:
             raise IllegalTransition("Only finished jobs can be run again.")
         Detection.objects.filter(job_id=job.pk).delete()
         job_enqueue(job=job)
-        transaction.on_commit(lambda: _delete_files([old_overlay]))
+        transaction.on_commit(lambda: _delete_files(old_files))
     job.refresh_from_db()
     return job
 
@@ -389,7 +571,13 @@ def job_unhide(*, job: Job) -> None:
 
 def job_delete(*, job: Job) -> None:
     """Delete a job, its detections and, once that is committed, its files."""
-    names = [job.image.name, job.thumbnail.name, job.overlay.name]
+    names = [
+        job.image.name,
+        job.thumbnail.name,
+        job.overlay.name,
+        job.overlay_thumbnail.name,
+        job.preview.name,
+    ]
     with transaction.atomic():
         Job.objects.filter(pk=job.pk).delete()
         transaction.on_commit(lambda: _delete_files(names))

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import files, services
+from . import files, results, services
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm
 from .models import Detection, Job
@@ -135,10 +135,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(jobs.only(*_CARD_FIELDS), settings.SEGWEB["HISTORY_PAGE_SIZE"]).get_page(
         request.GET.get("page")
     )
-    labels_by_job = _labels_for(page.object_list)
-    cards = [(job, labels_by_job.get(job.pk, [])) for job in page.object_list]
+    chips = results.chips_for(page.object_list)
+    cards = [(job, chips.get(job.pk, [])) for job in page.object_list]
     all_labels = (
-        Detection.objects.filter(job__in=mine)
+        Detection.objects.above_threshold()
+        .filter(job__in=mine)
         .values_list("label", flat=True)
         .distinct()
         .order_by("label")
@@ -159,23 +160,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 
 _CARD_FIELDS = (
-    "id", "owner_id", "status", "thumbnail", "original_filename", "created_at", "finished_at",
-    "model", "width", "height", "hidden",
+    "id", "owner_id", "status", "thumbnail", "overlay_thumbnail", "original_filename",
+    "created_at", "finished_at", "model", "width", "height", "hidden", "score_threshold",
 )  # fmt: skip
-
-
-def _labels_for(jobs) -> dict:
-    """Distinct classes per job, for the chips: one query for the whole page."""
-    out: dict = {}
-    rows = (
-        Detection.objects.filter(job__in=[j.pk for j in jobs])
-        .values_list("job_id", "label")
-        .distinct()
-        .order_by("job_id", "label")
-    )
-    for job_id, label in rows:
-        out.setdefault(job_id, []).append(label)
-    return out
 
 
 def _query_without_page(request: HttpRequest) -> str:
@@ -195,12 +182,19 @@ def _visible_job(request: HttpRequest, pk) -> Job:
 @require_GET
 def job_detail(request: HttpRequest, pk) -> HttpResponse:
     job = _visible_job(request, pk)
-    return render(request, "segmentation/job_detail.html", _detail_context(job))
+    return render(request, "segmentation/job_detail.html", _detail_context(job, request.user))
 
 
-def _detail_context(job: Job) -> dict:
-    detections = list(job.detections.all()) if job.status == Job.Status.SUCCEEDED else []
-    return {"job": job, "detections": detections, "labels": sorted({d.label for d in detections})}
+def _detail_context(job: Job, user) -> dict:
+    found = results.job_results(job)
+    can_change = services.can_change_threshold(user=user, job=job)
+    return {
+        "job": job,
+        "results": found,
+        "can_change": can_change,
+        "viewer": results.viewer_data(job, found, can_change=can_change),
+        "version": files.version(job),
+    }
 
 
 @never_cache
@@ -209,7 +203,8 @@ def _detail_context(job: Job) -> dict:
 def job_status(request: HttpRequest, pk) -> JsonResponse:
     """Polled by the job page while the job is queued or running."""
     job = _visible_job(request, pk)
-    body = render_to_string("segmentation/_job_body.html", _detail_context(job), request=request)
+    context = _detail_context(job, request.user)
+    body = render_to_string("segmentation/_job_body.html", context, request=request)
     return JsonResponse({"status": job.status, "finished": job.is_finished, "html": body})
 
 
@@ -226,7 +221,10 @@ def job_delete(request: HttpRequest, pk) -> HttpResponse:
 @require_GET
 def job_file(request: HttpRequest, pk, kind: str) -> HttpResponse:
     job = _visible_job(request, pk)
-    return files.serve(job, kind, attachment=request.GET.get("download") == "1")
+    try:
+        return files.serve(job, kind, attachment=request.GET.get("download") == "1")
+    except services.StorageUnavailable as exc:
+        return HttpResponse(str(exc), status=503, content_type="text/plain")
 
 
 @login_required

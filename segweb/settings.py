@@ -197,6 +197,9 @@ SEGWEB = {
     "MAX_UPLOAD_BYTES": int(env.float("SEGWEB_MAX_UPLOAD_MB", default=25) * 1024 * 1024),
     "MAX_PIXELS": int(env.float("SEGWEB_MAX_MEGAPIXELS", default=40) * 1_000_000),
     "DEFAULT_THRESHOLD": env.float("SEGWEB_DEFAULT_THRESHOLD", default=0.5),
+    # Detections down to this score are kept (or down to a job's own threshold, if lower), so
+    # that a job's threshold can be lowered afterwards without running the model again.
+    "KEEP_MIN_SCORE": env.float("SEGWEB_KEEP_MIN_SCORE", default=0.25),
     "JOB_TIME_LIMIT": env.int("SEGWEB_JOB_TIME_LIMIT", default=600),  # seconds
     "HISTORY_PAGE_SIZE": 24,
     # Recovery of jobs a dead worker or a lost message left behind (services.jobs_sweep). A
@@ -288,6 +291,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "job_create": env.str("SEGWEB_JOB_CREATE_RATE", default="60/min"),
         "token": env.str("SEGWEB_TOKEN_RATE", default="20/min"),  # slows password guessing
+        # Each change may cost one overlay re-render (about a second for 12 MP) on next view.
+        "threshold": env.str("SEGWEB_THRESHOLD_RATE", default="30/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -30,8 +30,19 @@ class StrictChoiceFilter(django_filters.ChoiceFilter):
     field_class = _ChoiceField
 
 
+class UUIDInFilter(django_filters.BaseInFilter, django_filters.UUIDFilter):
+    pass
+
+
 class JobFilter(django_filters.FilterSet):
-    label = django_filters.CharFilter(method="filter_label", help_text="Jobs that found it.")
+    id = UUIDInFilter(
+        field_name="id",
+        lookup_expr="in",
+        help_text="Only these jobs: ids separated by commas (the history page polls its own).",
+    )
+    label = django_filters.CharFilter(
+        method="filter_label", help_text="Jobs that found it (scoring at least their threshold)."
+    )
     status = StrictChoiceFilter(choices=Job.Status.choices, empty_label=None)
     model = django_filters.CharFilter(field_name="model")
     created_after = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -39,7 +50,7 @@ class JobFilter(django_filters.FilterSet):
 
     class Meta:
         model = Job
-        fields = ["label", "status", "model", "created_after", "created_before"]
+        fields = ["id", "label", "status", "model", "created_after", "created_before"]
 
     def filter_label(self, queryset, name, value):
         return queryset.with_label(value)

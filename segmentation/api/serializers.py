@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from .. import files
 from ..models import Detection, Job
+from ..results import summarise
 
 THRESHOLD_MESSAGE = "score_threshold must be a number between 0 and 1."
 
@@ -40,6 +41,34 @@ class JobOptionsSerializer(serializers.Serializer):
         return value
 
 
+class JobThresholdSerializer(serializers.Serializer):
+    """``PATCH /api/jobs/{id}/``: the one field that can change after the fact."""
+
+    score_threshold = serializers.FloatField(
+        help_text="Show detections scoring at least this: from the job's kept_min_score to 1. "
+        "The model does not run again."
+    )
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"detail": 'Send a JSON object: {"score_threshold": 0.4}.'}
+            )
+        unknown = sorted(set(data) - {"score_threshold"})
+        if unknown:
+            raise serializers.ValidationError(
+                {"detail": f"Only score_threshold can be changed, not {', '.join(unknown)}."}
+            )
+        if isinstance(data.get("score_threshold"), bool):
+            raise serializers.ValidationError({"score_threshold": "A number, not true or false."})
+        return super().to_internal_value(data)
+
+    def validate_score_threshold(self, value: float) -> float:
+        if not math.isfinite(value):
+            raise serializers.ValidationError("A finite number.")
+        return value
+
+
 class JobCreateSerializer(JobOptionsSerializer):
     """Schema of ``POST /api/jobs/``; the photo is validated by ``uploads.validate_upload``."""
 
@@ -62,21 +91,48 @@ class DetectionSerializer(serializers.ModelSerializer):
         fields = ["label", "score", "box", "area", "segmentation"]
 
 
+class ClassSerializer(serializers.Serializer):
+    label = serializers.CharField()
+    count = serializers.IntegerField()
+    colour = serializers.CharField(help_text="#rrggbb, as in the overlay and the pages.")
+
+
 class JobSummarySerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="api-job-detail")
-    labels = serializers.SerializerMethodField(help_text="Distinct classes detected.")
+    labels = serializers.SerializerMethodField(
+        help_text="Distinct classes detected (scoring at least score_threshold)."
+    )
+    classes = serializers.SerializerMethodField(
+        help_text="Classes scoring at least score_threshold, in order of first appearance (best "
+        "score first): instance count and the colour of the class in the overlay."
+    )
     thumbnail_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
         fields = [
             "id", "status", "url", "created_at", "finished_at", "original_filename",
-            "width", "height", "model", "score_threshold", "labels", "thumbnail_url",
+            "width", "height", "model", "score_threshold", "kept_min_score", "labels", "classes",
+            "thumbnail_url",
         ]  # fmt: skip
+        read_only_fields = fields
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_labels(self, job: Job) -> list[str]:
-        return sorted({d.label for d in job.detections.all()})
+        return sorted(c.label for c in self._classes(job))
+
+    @extend_schema_field(ClassSerializer(many=True))
+    def get_classes(self, job: Job) -> list[dict]:
+        return [
+            {"label": c.label, "count": c.shown, "colour": c.colour} for c in self._classes(job)
+        ]
+
+    @staticmethod
+    def _classes(job: Job) -> list:
+        # Prefetched by the views: the detections above the threshold, best first. Their colours
+        # are those of all kept detections (the palette is prefix-stable).
+        shown = [d for d in job.detections.all() if d.score >= job.score_threshold]
+        return summarise(shown, job.score_threshold).classes
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_thumbnail_url(self, job: Job) -> str | None:
@@ -86,7 +142,11 @@ class JobSummarySerializer(serializers.ModelSerializer):
 class JobSerializer(JobSummarySerializer):
     image_url = serializers.SerializerMethodField()
     overlay_url = serializers.SerializerMethodField()
-    detections = DetectionSerializer(many=True, read_only=True)
+    detections = DetectionSerializer(
+        many=True,
+        read_only=True,
+        help_text="Instances scoring at least score_threshold, best first.",
+    )
     error = serializers.CharField(help_text="Why the job failed; empty otherwise.")
 
     class Meta(JobSummarySerializer.Meta):

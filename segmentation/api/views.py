@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -38,6 +38,7 @@ from .serializers import (
     JobOptionsSerializer,
     JobSerializer,
     JobSummarySerializer,
+    JobThresholdSerializer,
     ModelSerializer,
     TokenRequestSerializer,
     TokenSerializer,
@@ -143,6 +144,19 @@ class JobPagination(PageNumberPagination):
         summary="One job with its detections", responses={200: JobSerializer, **ERRORS}
     ),
     destroy=extend_schema(summary="Delete a job and its files", responses={204: None, **ERRORS}),
+    partial_update=extend_schema(
+        summary="Change a job's score threshold (the model does not run again)",
+        request=JobThresholdSerializer,
+        responses={
+            200: JobSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer, description="Not a number, or outside [kept_min_score, 1]."
+            ),
+            403: OpenApiResponse(ErrorSerializer, description="You may see it, not change it."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many changes; see Retry-After."),
+            **ERRORS,
+        },
+    ),
 )
 class JobViewSet(
     mixins.ListModelMixin,
@@ -153,25 +167,32 @@ class JobViewSet(
     queryset = Job.objects.none()  # for the schema generator; requests use get_queryset()
     pagination_class = JobPagination
     filterset_class = JobFilter
-    throttle_scope = "job_create"
     lookup_value_converter = "uuid"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    @property
+    def throttle_scope(self) -> str:
+        return "threshold" if self.action == "partial_update" else "job_create"
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Job.objects.none()
         jobs = Job.objects.for_user(self.request.user)
+        shown = Detection.objects.above_threshold()
         if self.action == "list":
-            labels_only = Detection.objects.only("id", "job_id", "rank", "label")
+            labels_only = shown.only("id", "job_id", "rank", "label", "score")
             return jobs.filter(owner=self.request.user).prefetch_related(
                 Prefetch("detections", queryset=labels_only)
             )
-        return jobs.prefetch_related("detections")
+        return jobs.prefetch_related(Prefetch("detections", queryset=shown))
 
     def get_serializer_class(self):
         return JobSummarySerializer if self.action == "list" else JobSerializer
 
     def get_throttles(self):
-        return [ScopedThrottle()] if self.action == "create" else []
+        if self.action in ("create", "partial_update"):
+            return [ScopedThrottle()]
+        return []
 
     @extend_schema(
         request={"multipart/form-data": JobCreateSerializer},
@@ -212,6 +233,23 @@ class JobViewSet(
         body = JobSerializer(job, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
+    def partial_update(self, request, pk=None):
+        job = self.get_object()
+        if not services.can_change_threshold(user=request.user, job=job):
+            raise PermissionDenied("You may see this job but not change it.")
+        data = JobThresholdSerializer(data=request.data)
+        if not data.is_valid():
+            errors = data.errors
+            if "score_threshold" in errors:  # missing or not a number: say what would do
+                errors = {"score_threshold": [services.threshold_range_message(job)]}
+            raise ValidationError(errors)
+        try:
+            services.job_set_threshold(job=job, threshold=data.validated_data["score_threshold"])
+        except services.ThresholdError as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        job = self.get_queryset().get(pk=job.pk)  # detections again, at the new threshold
+        return Response(JobSerializer(job, context=self.get_serializer_context()).data)
+
     def perform_destroy(self, job: Job) -> None:
         services.job_delete(job=job)
 
@@ -248,7 +286,8 @@ class JobFileView(APIView):
                 description="Which file",
             )
         ],
-        summary="Download a job's photo, overlay (PNG) or thumbnail (JPEG)",
+        summary="Download a job's photo, its preview (JPEG, 1600 px), overlay (PNG) or "
+        "thumbnail (JPEG; the overlay's once the job has succeeded)",
         responses={
             (200, "image/*"): OpenApiTypes.BINARY,
             302: OpenApiResponse(description="Redirect to a signed S3 URL."),
@@ -259,7 +298,10 @@ class JobFileView(APIView):
         job = Job.objects.for_user(request.user).filter(pk=pk).first()
         if job is None or kind not in files.KINDS:
             return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
-        return files.serve(job, kind, attachment=request.query_params.get("download") == "1")
+        try:
+            return files.serve(job, kind, attachment=request.query_params.get("download") == "1")
+        except services.StorageUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc
 
 
 class ModelsView(APIView):
