@@ -26,9 +26,9 @@ class ClassSummary:
 @dataclass
 class Instance:
     detection: Detection
-    colour: str
-    ink: str
+    colour: str  # its own
     shown: bool
+    of_class: ClassSummary
 
 
 @dataclass
@@ -55,7 +55,7 @@ def summarise(detections: Iterable[Detection], threshold: float) -> Results:
         summary = classes[det.label]
         summary.kept += 1
         summary.shown += shown
-        results.instances.append(Instance(det, hex_colour(rgb), hex_colour(ink_for(rgb)), shown))
+        results.instances.append(Instance(det, hex_colour(rgb), shown, summary))
     return results
 
 
