@@ -3,8 +3,8 @@ instances. Prints the first full draw after the data arrived, the repaint of a s
 a hover (medians), and the bytes the page cost over the wire. Figures: docs/benchmarks.md.
 
     .venv/bin/python bench/viewer.py [--rounds 5]
-    .venv/bin/python bench/viewer.py --screenshots DIR   # the crowd photo, real model, desktop + phone
-    .venv/bin/python bench/viewer.py --serve             # leave it running to try it by hand
+    .venv/bin/python bench/viewer.py --screenshots DIR  # crowd photo, real model: desktop, phone
+    .venv/bin/python bench/viewer.py --serve            # leave it running to try it by hand
 
 The 100 instances are drawn blobs (the real model finds few objects in the photos that ship
 with scikit-image); they go through the worker's real path (``services.job_run``: keep floor,
@@ -27,14 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+import numpy as np
+import requests
+from PIL import Image, ImageFilter
 
-from tests.photos import ASTRONAUT, CHELSEA, COFFEE, MOTORCYCLE, PHOTO_DIR  # noqa: E402
+from tests.photos import ASTRONAUT, CHELSEA, COFFEE, MOTORCYCLE, PHOTO_DIR
 
 CHROMIUM = "/usr/bin/chromium"
-PASSWORD = "a-long-bench-passphrase"
+PASSWORD = "a-long-bench-passphrase"  # noqa: S105 - a throwaway site's user
 LABELS = ["person"] * 45 + ["horse"] * 20 + ["car"] * 15 + ["dog"] * 10 + ["bicycle"] * 10
 
 
@@ -200,12 +200,14 @@ async () => {
     const {z, tx, ty} = v.zoom;
     const x = rect.left + tx + (x1 + x2) / 2 * z, y = rect.top + ty + (y1 + y2) / 2 * z;
     const t0 = performance.now();
-    stage.dispatchEvent(new PointerEvent('pointermove', {clientX: x, clientY: y, pointerType: 'mouse', bubbles: true}));
+    stage.dispatchEvent(new PointerEvent('pointermove',
+      {clientX: x, clientY: y, pointerType: 'mouse', bubbles: true}));
     document.body.offsetHeight;
     hover.push(performance.now() - t0);
     await new Promise(requestAnimationFrame);
   }
-  return {first: v.stats.firstDrawMs, decode: v.stats.decodeMs, slide, hover, instances: v.instances.length};
+  const s = v.stats;
+  return {first: s.firstDrawMs, decode: s.decodeMs, slide, hover, instances: v.instances.length};
 }
 """
 
@@ -250,17 +252,16 @@ def bench(rounds: int) -> None:
             web.terminate()
             web.wait(10)
     first = [r["first"] for r in runs]
-    slide = [statistics.median(r["slide"]) for r in runs]
-    hover = [statistics.median(r["hover"]) for r in runs]
-    wire = [r["wire_bytes"] for r in runs]
+    decode = statistics.median(r["decode"] for r in runs)
+    wire = statistics.median(r["wire_bytes"] for r in runs)
     print(f"instances: {runs[0]['instances']}; photo 4000x3000; {rounds} page loads")
-    print(f"first full draw after the data arrived: median {statistics.median(first):.0f} ms "
-          f"(runs {[round(x) for x in first]}; mask decoding {statistics.median(r['decode'] for r in runs):.0f} ms)")  # fmt: skip
-    print(f"slider step repaint: median {statistics.median(slide):.1f} ms "
-          f"(p90 of all steps {np.percentile([x for r in runs for x in r['slide']], 90):.1f} ms)")  # fmt: skip
-    print(f"hover repaint: median {statistics.median(hover):.1f} ms "
-          f"(p90 {np.percentile([x for r in runs for x in r['hover']], 90):.1f} ms)")  # fmt: skip
-    print(f"page over the wire: {statistics.median(wire) / 1024:.0f} KiB")
+    print(f"first full draw after the data arrived: median {statistics.median(first):.0f} ms")
+    print(f"  runs {[round(x) for x in first]}; of which mask decoding {decode:.0f} ms")
+    for name in ("slide", "hover"):
+        medians = [statistics.median(r[name]) for r in runs]
+        p90 = np.percentile([x for r in runs for x in r[name]], 90)
+        print(f"{name} repaint: median {statistics.median(medians):.1f} ms (p90 {p90:.1f} ms)")
+    print(f"page over the wire: {wire / 1024:.0f} KiB")
 
 
 def screenshots(out: Path) -> None:

@@ -7,11 +7,14 @@ an image-sized array per instance (100 instances on 12 MP would otherwise be 1.2
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .inference import Detection as Found
-from .models import Detection
+
+if TYPE_CHECKING:
+    from .models import Detection
 
 
 def rle_counts(counts: str) -> list[int]:

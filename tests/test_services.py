@@ -63,7 +63,9 @@ def test_storage_failure_in_the_worker_fails_the_job(owner, faulty_storage):
 
 def test_storage_failure_saving_the_overlay_fails_the_job(owner, faulty_storage, monkeypatch):
     pictures = services._Pictures(0.5, _png(), _png(), _png())
-    monkeypatch.setattr(services, "_segment", lambda job: services._Result([], pictures, "torch", 5))
+    monkeypatch.setattr(
+        services, "_segment", lambda job: services._Result([], pictures, "torch", 5)
+    )
     job = create_job(owner)
     faulty_storage.fail_save = ("overlays/",)
     services.job_run(job_id=job.pk)

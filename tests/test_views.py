@@ -7,6 +7,7 @@ import json
 import pytest
 from django.urls import reverse
 
+from segmentation import services
 from segmentation.models import Job
 from tests.conftest import image_bytes, photo_upload, stored_files
 from tests.factories import create_job, fail, succeed
@@ -323,3 +324,53 @@ def test_unusual_but_valid_images_are_accepted(owner_client, owner):
         )
         assert response.status_code == 201, (name, response.content)
     assert Job.objects.filter(owner=owner).count() == len(cases)
+
+
+def test_job_page_lists_every_kept_instance_and_hides_those_below_the_threshold(
+    owner_client, owner
+):
+    job = succeed(create_job(owner), labels=("cup", "spoon", "bowl"))
+    services.job_set_threshold(job=job, threshold=0.75)
+    html = owner_client.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert '<span id="shown-count">2</span>' in html
+    assert html.count('<tr data-rank="') == 3
+    assert '<tr data-rank="2" tabindex="0" hidden>' in html
+    data = json.loads(
+        html.split('id="viewer-data" type="application/json">')[1].split("</script>")[0]
+    )
+    assert (data["threshold"], data["min"], data["canChange"]) == (0.75, 0.25, True)
+    assert [i[1] for i in data["instances"]] == ["cup", "spoon", "bowl"]
+    assert all(i[8].startswith("#") and isinstance(i[9], str) for i in data["instances"])
+
+
+def test_job_page_has_no_inline_script_handler_or_style(owner_client, job):
+    html = owner_client.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert " style=" not in html
+    assert " onsubmit=" not in html and " onclick=" not in html
+    scripts = html.split("<script")[1:]
+    assert all(
+        ' src="' in s.split(">")[0] or "application/json" in s.split(">")[0] for s in scripts
+    )
+
+
+def test_history_chips_count_instances_above_each_jobs_threshold(owner_client, owner):
+    job = succeed(create_job(owner), labels=("cup", "cup", "spoon"))
+    html = owner_client.get(reverse("job-list")).content.decode()
+    assert 'aria-label="2 cup"' in html and 'aria-label="1 spoon"' in html
+    services.job_set_threshold(job=job, threshold=0.85)
+    html = owner_client.get(reverse("job-list")).content.decode()
+    assert 'aria-label="1 cup"' in html and "spoon" not in html
+    assert (
+        str(job.pk)
+        not in owner_client.get(reverse("job-list"), {"label": "spoon"}).content.decode()
+    )
+
+
+def test_history_polls_one_api_request_for_its_waiting_jobs(owner_client, owner):
+    waiting = [create_job(owner) for _ in range(2)]
+    done = succeed(create_job(owner))
+    ids = ",".join(str(j.pk) for j in waiting)
+    body = owner_client.get("/api/jobs/", {"id": ids}).json()
+    assert {r["id"] for r in body["results"]} == {str(j.pk) for j in waiting}
+    assert str(done.pk) not in {r["id"] for r in body["results"]}
+    assert owner_client.get("/api/jobs/", {"id": "not-a-uuid"}).status_code == 400

@@ -45,8 +45,10 @@ class JobThresholdSerializer(serializers.Serializer):
     """``PATCH /api/jobs/{id}/``: the one field that can change after the fact."""
 
     score_threshold = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
         help_text="Show detections scoring at least this: from the job's kept_min_score to 1. "
-        "The model does not run again."
+        "The model does not run again.",
     )
 
     def to_internal_value(self, data):

@@ -83,7 +83,7 @@ def test_tag_text_always_has_at_least_4_5_to_1_contrast():
 
 
 def tag_pixels(out, colour):
-    return np.argwhere((np.abs(out.astype(int) - colour).sum(axis=2) == 0))
+    return np.argwhere(np.abs(out.astype(int) - colour).sum(axis=2) == 0)
 
 
 def test_tags_are_sized_for_the_photo():
