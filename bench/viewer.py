@@ -118,6 +118,7 @@ def setup_site(data_dir: Path, photo: Image.Image, detections=None, threshold=0.
 
     call_command("migrate", verbosity=0)
     user = User.objects.create_user("alice", password=PASSWORD)
+    User.objects.create_user("bob", password=PASSWORD)
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=90)
     upload = SimpleUploadedFile("crowd.jpg", buffer.getvalue(), content_type="image/jpeg")
@@ -157,10 +158,10 @@ def start_web(data_dir: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("gunicorn did not start")
 
 
-def signed_in_page(browser, base: str, viewport=(1280, 900), **context):
+def signed_in_page(browser, base: str, viewport=(1280, 900), user="alice", **context):
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **context)
     page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", "alice")
+    page.fill("#id_username", user)
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/jobs/")
@@ -310,13 +311,23 @@ def serve() -> None:
         web.terminate()
 
 
+def prepare(data_dir: Path, size: tuple[int, int], count: int) -> None:
+    """A site in ``data_dir`` with one finished job of ``count`` blobs (the browser tests')."""
+    photo = crowd_photo(size)
+    print(setup_site(data_dir, photo, blobs(photo.size, count), threshold=0.5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--screenshots", type=Path)
     parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--instances", type=int, default=12, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.screenshots:
+    if args.prepare:
+        prepare(args.prepare, (960, 640), args.instances)
+    elif args.screenshots:
         screenshots(args.screenshots)
     elif args.serve:
         serve()

@@ -311,11 +311,11 @@ class Viewer {
 
   markRow(inst) {
     const row = inst ? inst.row : null;
-    if (row === this.activeRow) return;
-    if (this.activeRow) this.activeRow.classList.remove("active", "pinned");
+    if (this.activeRow && this.activeRow !== row) this.activeRow.classList.remove("active", "pinned");
     this.activeRow = row;
-    if (row) row.classList.add("active");
-    if (row && this.pinned === inst) row.classList.add("pinned");
+    if (!row) return;
+    row.classList.add("active");
+    row.classList.toggle("pinned", this.pinned === inst);
   }
 
   // --- Pointer, keyboard and controls --------------------------------------------------------
