@@ -31,6 +31,7 @@ import numpy as np
 import requests
 from PIL import Image, ImageFilter
 
+from tests.live import free_port
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE, MOTORCYCLE, PHOTO_DIR
 
 CHROMIUM = "/usr/bin/chromium"
@@ -149,6 +150,8 @@ def start_web(data_dir: Path, port: int) -> subprocess.Popen:
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     for _ in range(200):
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited (port {port} taken?)")
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok:
                 return process
@@ -214,6 +217,8 @@ async () => {
 
 
 def measure(browser, base: str, job_id: str) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page = signed_in_page(browser, base)
     page.goto(f"{base}/jobs/")  # warm the static files' cache as a returning visitor would not
     page.context.clear_cookies()
@@ -226,12 +231,37 @@ def measure(browser, base: str, job_id: str) -> dict:
         "Network.loadingFinished",
         lambda e: received.__setitem__(e["requestId"], e["encodedDataLength"]),
     )
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
-    page.wait_for_function("window.segwebViewer && window.segwebViewer.stats.firstDrawMs !== null")
+    try:
+        page.wait_for_function("window.segwebViewer && window.segwebViewer.stats.firstDrawMs")
+    except PlaywrightTimeout:
+        raise RuntimeError(
+            f"the viewer did not start: {errors} {page.url} {page.title()}"
+        ) from None
     figures = page.evaluate(MEASURE)
     figures["wire_bytes"] = sum(received.values())
     page.close()
     return figures
+
+
+def mask_formats(detections, scale: float) -> dict:
+    """Bytes of the 100 masks as the page sends them (COCO RLE strings) against the alternative,
+    one 1-bit PNG per instance over its box (at full size, and at the viewer's scale)."""
+    rle = sum(len(d.rle()["counts"]) for d in detections)
+    png_full = png_scaled = 0
+    for d in detections:
+        mask = Image.fromarray(d.mask).convert("1")
+        for target, factor in (("full", 1.0), ("scaled", scale)):
+            size = (max(1, round(mask.width * factor)), max(1, round(mask.height * factor)))
+            buffer = io.BytesIO()
+            mask.resize(size, Image.NEAREST).save(buffer, "PNG", optimize=True)
+            if target == "full":
+                png_full += len(buffer.getvalue())
+            else:
+                png_scaled += len(buffer.getvalue())
+    return {"rle": rle, "png_full": png_full, "png_scaled": png_scaled}
 
 
 def bench(rounds: int) -> None:
@@ -241,8 +271,9 @@ def bench(rounds: int) -> None:
         data_dir = Path(tmp)
         photo = crowd_photo((4000, 3000))
         detections = blobs(photo.size, 100)
+        formats = mask_formats(detections, 1600 / 4000)
         job_id = setup_site(data_dir, photo, detections, threshold=0.25)
-        port = 8765
+        port = free_port()
         web = start_web(data_dir, port)
         try:
             with sync_playwright() as playwright:
@@ -263,6 +294,24 @@ def bench(rounds: int) -> None:
         p90 = np.percentile([x for r in runs for x in r[name]], 90)
         print(f"{name} repaint: median {statistics.median(medians):.1f} ms (p90 {p90:.1f} ms)")
     print(f"page over the wire: {wire / 1024:.0f} KiB")
+    print(
+        f"masks: COCO RLE in the page {formats['rle'] / 1024:.0f} KiB (uncompressed); one "
+        f"PNG per instance {formats['png_full'] / 1024:.0f} KiB at full size, "
+        f"{formats['png_scaled'] / 1024:.0f} KiB at the viewer's scale (+ 100 requests)"
+    )
+
+
+POINT_IN_MASK = """rank => {
+  const v = window.segwebViewer, inst = v.instances[rank], m = inst.mask;
+  const rect = v.stage.getBoundingClientRect();
+  for (let y = Math.floor(m.h / 2); y < m.h; y++) for (let x = 0; x < m.w; x++) {
+    if (!m.bits[y * m.w + x]) continue;
+    const ix = (m.x + x + 0.5) / v.s, iy = (m.y + y + 0.5) / v.s;
+    const cx = rect.left + v.zoom.tx + ix * v.zoom.z, cy = rect.top + v.zoom.ty + iy * v.zoom.z;
+    if (v.pick(cx, cy) === inst) return [cx, cy];
+  }
+  return [rect.left + 5, rect.top + 5];
+}"""
 
 
 def screenshots(out: Path) -> None:
@@ -273,7 +322,7 @@ def screenshots(out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="segweb-shots-") as tmp:
         data_dir = Path(tmp)
         job_id = setup_site(data_dir, crowd_photo((2400, 1600)), None, threshold=0.5)
-        port = 8766
+        port = free_port()
         web = start_web(data_dir, port)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -282,7 +331,10 @@ def screenshots(out: Path) -> None:
                 page = signed_in_page(browser, base, (1280, 900))
                 page.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
                 page.wait_for_function("window.segwebViewer")
-                page.locator("#detections tbody tr:not([hidden])").nth(1).hover()
+                point = page.evaluate(POINT_IN_MASK, 0)
+                page.mouse.move(point[0] - 3, point[1] - 3)
+                page.mouse.move(*point, steps=3)
+                page.wait_for_function("window.segwebViewer.focus !== null")
                 page.screenshot(path=out / "job-desktop.png", full_page=True)
                 phone = signed_in_page(
                     browser, base, (390, 844), device_scale_factor=2, is_mobile=True, has_touch=True
@@ -303,8 +355,9 @@ def serve() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="segweb-viewer-"))
     photo = crowd_photo((4000, 3000))
     job_id = setup_site(data_dir, photo, blobs(photo.size, 100), threshold=0.5)
-    web = start_web(data_dir, 8765)
-    print(f"http://127.0.0.1:8765/jobs/{job_id}/ (alice / {PASSWORD}); Ctrl-C stops", flush=True)
+    port = free_port()
+    web = start_web(data_dir, port)
+    print(f"http://127.0.0.1:{port}/jobs/{job_id}/ (alice / {PASSWORD}); Ctrl-C stops", flush=True)
     try:
         web.wait()
     except KeyboardInterrupt:

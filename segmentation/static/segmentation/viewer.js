@@ -31,7 +31,7 @@ class Viewer {
     this.s = Math.min(1, MASK_SIDE / Math.max(this.W, this.H));
     this.threshold = data.threshold;
     this.savedThreshold = data.threshold;
-    this.opacity = 0.6;
+    this.opacity = Number(root.querySelector("#opacity").value);
     this.view = "overlay";
     this.hover = null;
     this.pinned = null;
@@ -96,7 +96,9 @@ class Viewer {
       }
     }
     for (const el of this.page.querySelectorAll("[data-count-for]")) {
-      el.textContent = String(perClass.get(el.dataset.countFor) || 0);
+      const count = perClass.get(el.dataset.countFor) || 0;
+      el.textContent = String(count);
+      el.classList.toggle("zero", count === 0);
     }
     setText(this.page, "#shown-count", String(shown));
     setText(this.page, "#shown-noun", shown === 1 ? "instance" : "instances");
@@ -264,7 +266,7 @@ class Viewer {
       ctx.setTransform(k, 0, 0, k, this.dpr * tx, this.dpr * ty);
       ctx.imageSmoothingEnabled = k < 1;
       const base = this.view === "masks" ? 1 : this.opacity;
-      const dimmed = focus ? base * 0.35 : base;
+      const dimmed = focus ? base * 0.55 : base;
       ctx.globalAlpha = dimmed;
       for (const inst of this.drawOrder) {
         if (inst.visible && inst.canvas && inst !== focus) ctx.drawImage(inst.canvas, inst.mask.x, inst.mask.y);
@@ -528,7 +530,7 @@ class Viewer {
 }
 
 function maskCanvas(mask, colour) {
-  // Interior at 55 % alpha, the outline opaque: neighbours of one colour family stay apart.
+  // Interior at 65 % alpha, the outline opaque: neighbours of one colour family stay apart.
   const { w, h, bits } = mask;
   const canvas = document.createElement("canvas");
   canvas.width = w;
@@ -539,7 +541,7 @@ function maskCanvas(mask, colour) {
   const [r, g, b] = hexToRgb(colour);
   const little = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
   const pack = (a) => (little ? ((a << 24) | (b << 16) | (g << 8) | r) >>> 0 : ((r << 24) | (g << 16) | (b << 8) | a) >>> 0);
-  const inside = pack(140);
+  const inside = pack(166);
   const edge = pack(255);
   for (let y = 0; y < h; y++) {
     const rowStart = y * w;
