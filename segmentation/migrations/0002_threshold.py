@@ -14,7 +14,7 @@ def existing_jobs_kept_their_threshold(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("segmentation", "0001_initial"),
+        ("segmentation", "0002_model_reports_retry"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
