@@ -27,8 +27,7 @@ class JobQuerySet(models.QuerySet):
 
     def with_label(self, label: str) -> JobQuerySet:
         """Jobs with at least one instance of ``label`` above their current threshold."""
-        found = Detection.objects.above_threshold().filter(label=label)
-        return self.filter(pk__in=found.values("job_id"))
+        return self.filter(pk__in=JobClass.objects.filter(label=label).values("job_id"))
 
 
 class DetectionQuerySet(models.QuerySet):
@@ -112,6 +111,9 @@ class Job(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
+            # The owner's own history (moderated jobs left out): its count and any page of it
+            # from the index alone.
+            models.Index(fields=["owner", "hidden", "-created_at", "id"], name="job_owner_visible"),
             models.Index(fields=["owner", "status", "-created_at"], name="job_owner_status"),
             models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),
         ]
@@ -177,6 +179,126 @@ class Detection(models.Model):
     @property
     def box(self) -> list[float]:
         return [self.x1, self.y1, self.x2, self.y2]
+
+
+class JobClass(models.Model):
+    """One class a finished job shows at its current threshold: how many instances, best score.
+
+    What searching a history by content reads instead of the detections. Services keep these
+    rows (and ``UserClass``) in step with every change of what a job shows: finishing, a new
+    threshold, a re-run, hiding, deletion (``services.job_classes_sync``). Copies of the job's
+    owner, visibility and date, and the job's whole class set as bits, let one index answer a
+    search, its count and any page of it without reading the jobs table
+    (``segmentation.search``).
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="class_counts")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    label = models.CharField(max_length=64)
+    count = models.PositiveIntegerField(help_text="Instances scoring at least the threshold.")
+    max_score = models.FloatField()
+    visible = models.BooleanField(help_text="Not hidden by a moderator (a copy of the job's).")
+    created_at = models.DateTimeField(help_text="A copy of the job's.")
+    labels_low = models.BigIntegerField(
+        help_text="Every class the job shows, as bits: COCO_LABELS[0:40] (see classes.py)."
+    )
+    labels_high = models.BigIntegerField(help_text="The same for COCO_LABELS[40:80].")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "label"], name="jobclass_job_label_unique"),
+        ]
+        indexes = [
+            # Covers a search: the driving class's rows of one owner, newest first, with all that
+            # the other conditions test (see search.py).
+            models.Index(
+                fields=[
+                    *("owner", "label", "visible", "created_at", "job"),
+                    *("count", "max_score", "labels_low", "labels_high"),
+                ],
+                name="jobclass_search",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} x{self.count}"
+
+
+class UserClass(models.Model):
+    """How many of a user's jobs (those not hidden) show a class: the history page's facets."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="class_summary"
+    )
+    label = models.CharField(max_length=64)
+    jobs = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "label"], name="userclass_owner_label_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.jobs} jobs"
+
+
+class ExportQuerySet(models.QuerySet):
+    def for_user(self, user) -> ExportQuerySet:
+        """Exports are private: only their owner sees them (moderators included)."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        return self.filter(owner=user)
+
+
+class Export(models.Model):
+    """A ZIP of jobs in a dataset format, built by a worker and kept for a few days."""
+
+    class Format(models.TextChoices):
+        COCO = "coco", "COCO, masks as RLE"
+        COCO_POLYGONS = "coco_polygons", "COCO, masks as polygons"
+        YOLO = "yolo", "YOLO segmentation (Ultralytics text files)"
+        MASKS = "masks", "PNG masks, one per instance"
+        CUTOUTS = "cutouts", "Cut-outs, one transparent PNG per instance"
+
+    Status = Job.Status
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="exports"
+    )
+    format = models.CharField(max_length=16, choices=Format.choices)
+    status = models.CharField(max_length=10, choices=Job.Status.choices, default=Status.QUEUED)
+    jobs = models.ManyToManyField(Job, related_name="+", help_text="What was selected.")
+    selection = models.JSONField(default=dict, help_text="The request's jobs or filters.")
+    total = models.PositiveIntegerField(help_text="Jobs selected.")
+    done = models.PositiveIntegerField(default=0, help_text="Jobs written so far.")
+    file = models.FileField(max_length=255, blank=True)
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(help_text="The export and its file are deleted then.")
+
+    objects = ExportQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "status"], name="export_owner_status"),
+            models.Index(fields=["expires_at"], name="export_expires"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "succeeded", "failed"]),
+                name="export_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_format_display()} of {self.total} jobs ({self.status})"
 
 
 class ModelReport(models.Model):

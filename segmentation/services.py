@@ -24,15 +24,16 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Least
 from django.utils import timezone
 
 from . import health
+from .classes import class_rows, shown_classes
 from .inference import InferenceError, ModelUnavailableError
 from .inference.registry import AUTO
-from .models import MAX_ATTEMPTS, Detection, Job, ModelReport
+from .models import MAX_ATTEMPTS, Detection, Job, JobClass, ModelReport, UserClass
 from .uploads import THUMBNAIL_SIZE, UploadError, validate_threshold, validate_upload
 
 logger = logging.getLogger(__name__)
@@ -423,6 +424,7 @@ def job_succeed(
         if not updated:
             raise IllegalTransition(f"job {job.pk} is no longer running here")
         Detection.objects.bulk_create(rows, batch_size=500)
+        job_classes_sync(job_id=job.pk)
 
 
 def job_fail(*, job: Job, message: str) -> bool:
@@ -516,11 +518,13 @@ def job_set_threshold(*, job: Job, threshold: float) -> Job:
         raise ThresholdError(threshold_range_message(job))
     # Conditional on the floor: a rerun can change it meanwhile (the check constraint would
     # refuse the row; this refuses it with the message).
-    updated = Job.objects.filter(pk=job.pk, kept_min_score__lte=threshold).update(
-        score_threshold=threshold
-    )
-    if not updated:
-        raise ThresholdError("The job changed meanwhile; reload it and try again.")
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, kept_min_score__lte=threshold).update(
+            score_threshold=threshold
+        )
+        if not updated:
+            raise ThresholdError("The job changed meanwhile; reload it and try again.")
+        job_classes_sync(job_id=job.pk)
     job.refresh_from_db()
     return job
 
@@ -606,6 +610,7 @@ def job_rerun(*, job: Job) -> Job:
         if not updated:
             raise IllegalTransition("Only finished jobs can be run again.")
         Detection.objects.filter(job_id=job.pk).delete()
+        job_classes_sync(job_id=job.pk)
         job_enqueue(job=job)
         transaction.on_commit(lambda: _delete_files(old_files))
     job.refresh_from_db()
@@ -654,15 +659,19 @@ def job_hide(*, job: Job, by: AbstractBaseUser, reason: str) -> None:
     reason = (reason or "").strip()
     if not reason:
         raise ValueError("A reason is required to hide a job.")
-    Job.objects.filter(pk=job.pk).update(
-        hidden=True, hidden_reason=reason, hidden_at=timezone.now(), hidden_by=by
-    )
+    with transaction.atomic():
+        Job.objects.filter(pk=job.pk).update(
+            hidden=True, hidden_reason=reason, hidden_at=timezone.now(), hidden_by=by
+        )
+        job_classes_sync(job_id=job.pk)
 
 
 def job_unhide(*, job: Job) -> None:
-    Job.objects.filter(pk=job.pk).update(
-        hidden=False, hidden_reason="", hidden_at=None, hidden_by=None
-    )
+    with transaction.atomic():
+        Job.objects.filter(pk=job.pk).update(
+            hidden=False, hidden_reason="", hidden_at=None, hidden_by=None
+        )
+        job_classes_sync(job_id=job.pk)
 
 
 def job_delete(*, job: Job) -> None:
@@ -675,6 +684,7 @@ def job_delete(*, job: Job) -> None:
         job.preview.name,
     ]
     with transaction.atomic():
+        job_classes_sync(job_id=job.pk, deleting=True)
         Job.objects.filter(pk=job.pk).delete()
         transaction.on_commit(lambda: _delete_files(names))
 
@@ -686,6 +696,63 @@ def user_deactivate(*, user: AbstractBaseUser) -> None:
     with transaction.atomic():
         type(user).objects.filter(pk=user.pk).update(is_active=False)
         Token.objects.filter(user_id=user.pk).delete()
+
+
+# --- What a job shows, for searching histories ----------------------------------------------
+
+
+def job_classes_sync(*, job_id: uuid.UUID, deleting: bool = False) -> None:
+    """Make a job's ``JobClass`` rows and its owner's ``UserClass`` counts match what the job
+    shows now (its detections at its current threshold, if it succeeded and is not hidden).
+
+    Every change of what a job shows calls it, inside the transaction that makes the change:
+    finishing, a threshold change, a re-run, hiding and showing again, and (with
+    ``deleting``, before the rows go) deletion. It recomputes from the detections rather than
+    applying a difference, so a call is always safe. The job row is locked first (PostgreSQL;
+    SQLite writers are serialised anyway), so that two changes of one job cannot interleave
+    their reads and writes of the summary.
+    """
+    job = (
+        Job.objects.select_for_update()
+        .filter(pk=job_id)
+        .only("id", "owner_id", "status", "hidden", "score_threshold", "created_at")
+        .first()
+    )
+    before = list(JobClass.objects.filter(job_id=job_id))
+    after = []
+    if job is not None and not deleting and job.status == Job.Status.SUCCEEDED:
+        scored = Detection.objects.filter(job_id=job_id).values_list("label", "score")
+        after = class_rows(JobClass, job, shown_classes(scored, job.score_threshold))
+    counted_before = {c.label for c in before if c.visible}
+    counted_after = {c.label for c in after if c.visible}
+    if before:
+        JobClass.objects.filter(job_id=job_id).delete()
+    if after:
+        JobClass.objects.bulk_create(after)
+    owner_id = job.owner_id if job is not None else (before[0].owner_id if before else None)
+    for label in counted_after - counted_before:
+        _user_class_add(owner_id=owner_id, label=label, jobs=1)
+    for label in counted_before - counted_after:
+        _user_class_add(owner_id=owner_id, label=label, jobs=-1)
+
+
+def _user_class_add(*, owner_id: int, label: str, jobs: int) -> None:
+    if UserClass.objects.filter(owner_id=owner_id, label=label).update(jobs=F("jobs") + jobs):
+        return
+    try:
+        with transaction.atomic():  # a savepoint: a concurrent first insert must not abort ours
+            UserClass.objects.create(owner_id=owner_id, label=label, jobs=jobs)
+    except IntegrityError:
+        UserClass.objects.filter(owner_id=owner_id, label=label).update(jobs=F("jobs") + jobs)
+
+
+def class_counts_rebuild() -> None:
+    """Recompute every job's class rows and every user's summary (``manage.py
+    rebuild_class_counts``); for repairs, while no worker runs."""
+    from .classes import rebuild_all
+
+    with transaction.atomic():
+        rebuild_all(Job, Detection, JobClass, UserClass)
 
 
 # --- Keeping the queue honest ---------------------------------------------------------------
