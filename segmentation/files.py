@@ -8,9 +8,10 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 
 from . import services
-from .models import Job
+from .models import Export, Job
 
 #: What each job file is called by URLs, and the model fields that hold it, first found wins:
 #: a succeeded job's thumbnail is its overlay's; the preview of a job run before previews
@@ -104,3 +105,49 @@ def file_url(request, job: Job, kind: str) -> str | None:
     if kind in DRAWN:
         url += f"?v={version(job)}"
     return request.build_absolute_uri(url)
+
+
+# --- Made on request: masks, cut-outs, exports -----------------------------------------------
+
+
+def serve_bytes(
+    data, filename: str, content_type: str, *, attachment: bool = False
+) -> HttpResponse:
+    """A file made for this request (bytes, or a file object read in chunks)."""
+    if isinstance(data, bytes):
+        response = HttpResponse(data, content_type=content_type)
+        response["Content-Disposition"] = content_disposition_header(attachment, filename)
+    else:
+        response = FileResponse(
+            data, content_type=content_type, as_attachment=attachment, filename=filename
+        )
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def export_filename(export: Export) -> str:
+    return f"segweb-{export.format}-{export.created_at:%Y%m%d-%H%M}.zip"
+
+
+def export_url(request, export: Export) -> str:
+    """Where the owner downloads an export: a signed S3 URL, or the owner-checked API route."""
+    if uses_signed_urls():
+        disposition = content_disposition_header(True, export_filename(export))
+        return default_storage.url(
+            export.file.name,
+            parameters={"ResponseContentDisposition": disposition},
+            expire=settings.SIGNED_URL_SECONDS,
+        )
+    return request.build_absolute_uri(reverse("api-export-download", args=[export.pk]))
+
+
+def serve_export(request, export: Export) -> HttpResponse:
+    """The export's ZIP (local storage) or a redirect to its signed URL (S3)."""
+    if uses_signed_urls():
+        return HttpResponseRedirect(export_url(request, export))
+    try:
+        handle = default_storage.open(export.file.name, "rb")
+    except FileNotFoundError as exc:
+        raise Http404("The export's file is missing from storage.") from exc
+    return serve_bytes(handle, export_filename(export), "application/zip", attachment=True)

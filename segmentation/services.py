@@ -33,7 +33,7 @@ from . import health
 from .classes import class_rows, shown_classes
 from .inference import InferenceError, ModelUnavailableError
 from .inference.registry import AUTO
-from .models import MAX_ATTEMPTS, Detection, Job, JobClass, ModelReport, UserClass
+from .models import MAX_ATTEMPTS, Detection, Export, Job, JobClass, ModelReport, UserClass
 from .uploads import THUMBNAIL_SIZE, UploadError, validate_threshold, validate_upload
 
 logger = logging.getLogger(__name__)
@@ -753,6 +753,245 @@ def class_counts_rebuild() -> None:
 
     with transaction.atomic():
         rebuild_all(Job, Detection, JobClass, UserClass)
+
+
+# --- Exports ---------------------------------------------------------------------------------
+
+
+class ExportRefused(Exception):
+    """An export that cannot be made: the message says why, ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def export_create(
+    *,
+    owner: AbstractBaseUser,
+    format: str,
+    job_ids: list[uuid.UUID] | None = None,
+    filters: dict | None = None,
+) -> Export:
+    """Select jobs of ``owner`` (by id, or by the job list's filters) and queue their export.
+
+    Only the owner's succeeded jobs that they can see are exported. Raises ``ExportRefused``:
+    400 for a bad selection (ids not found, another user's ids look the same; unfinished jobs;
+    nothing or too much selected), 429 when the owner already has the most exports running.
+    """
+    limits = settings.SEGWEB
+    if format not in Export.Format.values:
+        raise ExportRefused(f"Unknown format; one of: {', '.join(Export.Format.values)}.")
+    mine = Job.objects.for_user(owner).filter(owner=owner)
+    if job_ids is not None:
+        selected = _selected_jobs(mine, job_ids)
+        selection = {"jobs": len(selected)}
+    else:
+        selected = list(_filtered_jobs(mine, owner, filters or {}))
+        selection = {"filters": filters or {}}
+    if not selected:
+        raise ExportRefused("No finished job matches: there is nothing to export.")
+    if len(selected) > limits["EXPORT_MAX_JOBS"]:
+        raise ExportRefused(
+            f"{len(selected)} jobs are selected; an export takes at most "
+            f"{limits['EXPORT_MAX_JOBS']}. Narrow the selection (dates, classes) and export "
+            "in parts."
+        )
+    with transaction.atomic():
+        # Serialise one owner's requests, so that two at once cannot both pass the limit.
+        type(owner).objects.select_for_update().filter(pk=owner.pk).first()
+        active = Export.objects.filter(
+            owner=owner, status__in=[Export.Status.QUEUED, Export.Status.RUNNING]
+        ).count()
+        if active >= limits["EXPORT_MAX_ACTIVE"]:
+            raise ExportRefused(
+                f"You already have {active} exports in progress; wait for one to finish.", 429
+            )
+        export = Export.objects.create(
+            owner=owner,
+            format=format,
+            selection=selection,
+            total=len(selected),
+            expires_at=timezone.now() + timedelta(days=limits["EXPORT_DAYS"]),
+        )
+        Export.jobs.through.objects.bulk_create(
+            [Export.jobs.through(export_id=export.pk, job_id=pk) for pk in selected],
+            batch_size=500,
+        )
+        export_id = export.pk
+        transaction.on_commit(lambda: _publish_export(export_id))
+    return export
+
+
+def _selected_jobs(mine, job_ids: list) -> list:
+    wanted = list(dict.fromkeys(job_ids))
+    if len(wanted) > settings.SEGWEB["EXPORT_MAX_JOBS"]:
+        raise ExportRefused(
+            f"An export takes at most {settings.SEGWEB['EXPORT_MAX_JOBS']} jobs; "
+            f"{len(wanted)} were given."
+        )
+    found = dict(mine.filter(pk__in=wanted).values_list("pk", "status"))
+    missing = [str(pk) for pk in wanted if pk not in found]
+    if missing:
+        raise ExportRefused(f"No such job: {', '.join(missing[:5])}{_more(missing)}.")
+    unfinished = [str(pk) for pk in wanted if found[pk] != Job.Status.SUCCEEDED]
+    if unfinished:
+        raise ExportRefused(
+            f"Only succeeded jobs can be exported: {', '.join(unfinished[:5])}"
+            f"{_more(unfinished)} did not succeed."
+        )
+    return wanted
+
+
+def _more(items: list) -> str:
+    return f" and {len(items) - 5} more" if len(items) > 5 else ""
+
+
+def _filtered_jobs(mine, owner, filters: dict):
+    from django.http import QueryDict
+
+    from .api.filters import JobFilter
+
+    query = QueryDict(mutable=True)
+    for key, value in filters.items():
+        query.setlist(key, value if isinstance(value, list) else [value])
+    found = JobFilter(query, queryset=mine, owner=owner)
+    if not found.is_valid():
+        messages = " ".join(f"{k}: {' '.join(v)}" for k, v in found.errors.items())
+        raise ExportRefused(f"filters: {messages}")
+    limit = settings.SEGWEB["EXPORT_MAX_JOBS"] + 1  # one more tells that there are too many
+    return (
+        found.qs.filter(status=Job.Status.SUCCEEDED)
+        .order_by("-created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def _publish_export(export_id: uuid.UUID) -> None:
+    from .tasks import run_export
+
+    try:
+        run_export.apply_async(args=[str(export_id)], retry=True, retry_policy={"max_retries": 2})
+    except Exception:  # noqa: BLE001 - broker down: the sweep publishes it later
+        logger.warning("queue: cannot publish export %s now; the sweep will retry", export_id)
+        return
+    Export.objects.filter(pk=export_id).update(enqueued_at=timezone.now())
+
+
+def export_run(*, export_id: uuid.UUID | str) -> None:
+    """The worker's side: claim the export, write its ZIP to storage job by job, finish it.
+
+    The ZIP streams into storage as it is written (an S3 multipart upload, or the file
+    itself): memory does not grow with the number of jobs. Progress (``done``) is saved after
+    each job and doubles as the export's heartbeat.
+    """
+    from . import datasets
+
+    now = timezone.now()
+    claimed = Export.objects.filter(pk=export_id, status=Export.Status.QUEUED).update(
+        status=Export.Status.RUNNING, started_at=now, heartbeat_at=now, done=0
+    )
+    if not claimed:
+        logger.info("export %s: not queued any more", export_id)
+        return
+    export = Export.objects.get(pk=export_id)
+    name = f"exports/{export.owner_id}/{export.pk}.zip"
+    jobs = (
+        Job.objects.for_user(export.owner)
+        .filter(owner=export.owner_id, status=Job.Status.SUCCEEDED)
+        .filter(pk__in=Export.jobs.through.objects.filter(export_id=export.pk).values("job_id"))
+        .order_by("created_at")
+    )
+
+    def progress(done: int) -> None:
+        Export.objects.filter(pk=export.pk, status=Export.Status.RUNNING).update(
+            done=done, heartbeat_at=timezone.now()
+        )
+
+    try:
+        with _open_for_writing(name) as target:
+            datasets.write_dataset(
+                target,
+                export.format,
+                jobs.iterator(chunk_size=100),
+                description=f"segweb export {export.pk}",
+                progress=progress,
+            )
+        size = default_storage.size(name)
+    except (datasets.PhotoUnavailable, StorageUnavailable, OSError) as exc:
+        logger.exception("export %s: storage failed", export.pk)
+        _export_fail(export, name, f"The file store failed while exporting: {exc}")
+        return
+    except SoftTimeLimitExceeded:
+        limit = settings.SEGWEB["EXPORT_TIME_LIMIT"]
+        _export_fail(export, name, f"The export took longer than the {limit}-second limit.")
+        return
+    except Exception:
+        logger.exception("export %s: unexpected error", export.pk)
+        _export_fail(export, name, "The export failed because of an internal error.")
+        raise
+    finished = Export.objects.filter(pk=export.pk, status=Export.Status.RUNNING).update(
+        status=Export.Status.SUCCEEDED,
+        file=name,
+        size_bytes=size,
+        finished_at=timezone.now(),
+        done=jobs.count(),
+    )
+    if not finished:  # deleted or expired meanwhile
+        _delete_files([name])
+
+
+def _open_for_writing(name: str):
+    try:
+        path = default_storage.path(name)
+    except NotImplementedError:  # S3: a multipart upload, part by part as the ZIP grows
+        try:
+            return default_storage.open(name, "wb")
+        except Exception as exc:
+            raise StorageUnavailable("The file store is unavailable.") from exc
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    return open(path, "wb")
+
+
+def _export_fail(export: Export, name: str, message: str) -> None:
+    Export.objects.filter(pk=export.pk, status=Export.Status.RUNNING).update(
+        status=Export.Status.FAILED, finished_at=timezone.now(), error=message[:2000]
+    )
+    _delete_files([name])
+
+
+def export_delete(*, export: Export) -> None:
+    """Delete an export and, once that is committed, its file."""
+    name = export.file.name
+    with transaction.atomic():
+        Export.objects.filter(pk=export.pk).delete()
+        transaction.on_commit(lambda: _delete_files([name]))
+
+
+def exports_sweep(*, now=None) -> dict:
+    """Celery beat's housekeeping of exports: delete expired ones with their files, fail those
+    whose worker died, publish queued ones the broker never got."""
+    now = now or timezone.now()
+    expired = list(Export.objects.filter(expires_at__lte=now))
+    for export in expired:
+        export_delete(export=export)
+    stale = now - timedelta(seconds=settings.SEGWEB["EXPORT_STALE_AFTER_SECONDS"])
+    for export in Export.objects.filter(status=Export.Status.RUNNING, heartbeat_at__lt=stale):
+        _export_fail(
+            export,
+            f"exports/{export.owner_id}/{export.pk}.zip",
+            "The worker building this export stopped; start the export again.",
+        )
+    unpublished = list(
+        Export.objects.filter(
+            status=Export.Status.QUEUED, created_at__lt=now - timedelta(seconds=5)
+        )
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - REQUEUE_AFTER))
+        .values_list("pk", flat=True)[:100]
+    )
+    for export_id in unpublished:
+        _publish_export(export_id)
+    return {"expired": len(expired), "published": len(unpublished)}
 
 
 # --- Keeping the queue honest ---------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Queue entry points: thin wrappers that hand a job id to the services."""
 
 from celery import shared_task
+from django.conf import settings
 
 from . import services
 
@@ -13,3 +14,19 @@ def run_job(job_id: str) -> None:
 @shared_task(name="segmentation.sweep_jobs", ignore_result=True)
 def sweep_jobs() -> dict:
     return services.jobs_sweep()
+
+
+@shared_task(
+    name="segmentation.run_export",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=settings.SEGWEB["EXPORT_TIME_LIMIT"] + 30,
+    soft_time_limit=settings.SEGWEB["EXPORT_TIME_LIMIT"],
+)
+def run_export(export_id: str) -> None:
+    services.export_run(export_id=export_id)
+
+
+@shared_task(name="segmentation.sweep_exports", ignore_result=True)
+def sweep_exports() -> dict:
+    return services.exports_sweep()

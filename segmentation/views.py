@@ -16,10 +16,11 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import files, health, results, services
+from . import files, health, results, search, services
+from .api.filters import JobFilter
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, unavailable_models
-from .models import Detection, Job
+from .models import Export, Job, UserClass
 from .uploads import UploadError, describe_bytes
 
 MAX_FILES_PER_POST = 20
@@ -125,39 +126,80 @@ def _upload_context(form: UploadForm, **extra) -> dict:
 @login_required
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
-    mine = Job.objects.for_user(request.user).filter(owner=request.user)
-    jobs = mine
-    label = request.GET.get("label", "").strip()
-    status = request.GET.get("status", "").strip()
-    if label:
-        jobs = jobs.with_label(label)
-    if status in Job.Status.values:
-        jobs = jobs.filter(status=status)
-    page = Paginator(jobs.only(*_CARD_FIELDS), settings.SEGWEB["HISTORY_PAGE_SIZE"]).get_page(
-        request.GET.get("page")
-    )
+    """The history: the API's job filters (one FilterSet), the class facets, the export form."""
+    mine = Job.objects.for_user(request.user).filter(owner=request.user).only(*_CARD_FIELDS)
+    filters = JobFilter(request.GET, queryset=mine, request=request)
+    valid = filters.is_valid()
+    if valid:
+        page = Paginator(filters.job_page(), settings.SEGWEB["HISTORY_PAGE_SIZE"]).get_page(
+            request.GET.get("page")
+        )
+        conditions = filters.conditions
+    else:
+        page = Paginator([], 1).get_page(1)
+        conditions = []
     chips = results.chips_for(page.object_list)
     cards = [(job, chips.get(job.pk, [])) for job in page.object_list]
-    all_labels = (
-        Detection.objects.above_threshold()
-        .filter(job__in=mine)
-        .values_list("label", flat=True)
-        .distinct()
-        .order_by("label")
-    )
+    searched = {c.label for c in conditions}
+    facets = [
+        {
+            "label": label,
+            "jobs": jobs,
+            "active": label in searched,
+            "query": _facet_query(request, conditions, label),
+        }
+        for label, jobs in UserClass.objects.filter(owner=request.user, jobs__gt=0)
+        .order_by("-jobs", "label")
+        .values_list("label", "jobs")
+    ]
+    current_status = request.GET.get("status", "")
     return render(
         request,
         "segmentation/job_list.html",
         {
             "page": page,
             "cards": cards,
-            "labels": list(all_labels),
+            "facets": facets,
             "statuses": Job.Status.choices,
-            "current_label": label,
-            "current_status": status,
+            "search_text": search.format_conditions(conditions)
+            if valid
+            else " ".join(request.GET.getlist("has"))[:500],
+            "filter_errors": [] if valid else _errors(filters.errors),
+            "current_status": current_status,
+            "filtered": bool(conditions or current_status or request.GET.get("label")),
             "filter_query": _query_without_page(request),
+            "filter_params": _filter_params(request),
+            "export_formats": Export.Format.choices,
         },
+        status=200 if valid else 400,
     )
+
+
+def _facet_query(request: HttpRequest, conditions: list, label: str) -> str:
+    """The query string with ``label`` added to the search, or taken out if it is in it."""
+    kept = [c for c in conditions if c.label != label]
+    if len(kept) == len(conditions):
+        kept.append(search.Condition(label))
+    query = request.GET.copy()
+    for key in ("page", "has", "label"):
+        query.pop(key, None)
+    if kept:
+        query["has"] = search.format_conditions(kept)
+    return query.urlencode()
+
+
+def _filter_params(request: HttpRequest) -> dict:
+    """The job-list query of this page, as ``POST /api/exports/`` takes it in ``filters``."""
+    out = {}
+    for key in JobFilter.base_filters:
+        values = [v for v in request.GET.getlist(key) if v]
+        if values:
+            out[key] = values if key == "has" else values[0]
+    return out
+
+
+def _errors(errors) -> list[str]:
+    return [f"{field}: {' '.join(messages)}" for field, messages in errors.items()]
 
 
 _CARD_FIELDS = (
@@ -170,6 +212,36 @@ def _query_without_page(request: HttpRequest) -> str:
     query = request.GET.copy()
     query.pop("page", None)
     return query.urlencode()
+
+
+# --- Exports --------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def export_create(request: HttpRequest) -> HttpResponse:
+    """The history's export button without JavaScript (with it, the page calls the API)."""
+    filters = {}
+    for key in JobFilter.base_filters:
+        values = [v for v in request.POST.getlist(key) if v]
+        if values:
+            filters[key] = values if key == "has" else values[0]
+    try:
+        services.export_create(
+            owner=request.user, format=request.POST.get("format", ""), filters=filters
+        )
+    except services.ExportRefused as exc:
+        messages.error(request, str(exc))
+        return redirect(f"{reverse('job-list')}?{request.POST.get('query', '')[:2000]}")
+    messages.success(request, "Export started; it is listed here.")
+    return redirect("export-list")
+
+
+@login_required
+@require_GET
+def export_list(request: HttpRequest) -> HttpResponse:
+    exports = Export.objects.for_user(request.user)[:50]
+    return render(request, "segmentation/export_list.html", {"exports": exports})
 
 
 # --- One job --------------------------------------------------------------------------------

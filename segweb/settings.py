@@ -212,6 +212,18 @@ SEGWEB = {
     # A queued job published this long ago and still not taken is published again: what
     # recovers jobs whose message the broker lost (a Redis restarted without persistence).
     "REQUEUE_AFTER_SECONDS": env.float("SEGWEB_REQUEUE_AFTER_SECONDS", default=600),
+    # Exports (issue 12). Each export is one worker task that reads every selected photo: the
+    # job limit and the time limit bound it, the per-user limit bounds how many wait.
+    "EXPORT_MAX_JOBS": env.int("SEGWEB_EXPORT_MAX_JOBS", default=2000),
+    "EXPORT_MAX_ACTIVE": env.int("SEGWEB_EXPORT_MAX_ACTIVE", default=2),
+    "EXPORT_DAYS": env.float("SEGWEB_EXPORT_DAYS", default=7),
+    "EXPORT_TIME_LIMIT": env.int("SEGWEB_EXPORT_TIME_LIMIT", default=3600),
+    # An export whose progress has not moved this long lost its worker (one job of 40 MP
+    # cut-outs can take a minute on 2 cores).
+    "EXPORT_STALE_AFTER_SECONDS": 600,
+    # A job's masks or cut-outs are drawn in the web request when (instances x megapixels)
+    # stays under this; larger jobs go through POST /api/exports/.
+    "DIRECT_EXPORT_MAX_MEGAPIXELS": env.int("SEGWEB_DIRECT_EXPORT_MAX_MEGAPIXELS", default=1000),
 }
 if SEGWEB["STALE_AFTER_SECONDS"] < 3 * SEGWEB["HEARTBEAT_SECONDS"]:
     # Otherwise one late heartbeat (a busy database) would have a healthy job run twice.
@@ -274,6 +286,12 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep that waited longer than one interval in the queue is superseded by the next.
         "options": {"expires": SEGWEB["SWEEP_INTERVAL_SECONDS"]},
     },
+    # Deletes expired exports and their files; fails exports whose worker died.
+    "sweep-exports": {
+        "task": "segmentation.sweep_exports",
+        "schedule": 300,
+        "options": {"expires": 300},
+    },
 }
 
 # --- REST API -------------------------------------------------------------------------------
@@ -293,6 +311,8 @@ REST_FRAMEWORK = {
         "token": env.str("SEGWEB_TOKEN_RATE", default="20/min"),  # slows password guessing
         # Each change may cost one overlay re-render (about a second for 12 MP) on next view.
         "threshold": env.str("SEGWEB_THRESHOLD_RATE", default="30/min"),
+        # Exports, masks and cut-outs: each reads a photo and draws PNGs in the request.
+        "export": env.str("SEGWEB_EXPORT_RATE", default="60/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import files
-from ..models import Detection, Job
+from ..models import Detection, Export, Job
 from ..results import summarise
 
 THRESHOLD_MESSAGE = "score_threshold must be a number between 0 and 1."
@@ -188,3 +188,84 @@ class ModelSerializer(serializers.Serializer):
     )
     reason = serializers.CharField(help_text="Why it cannot run; empty when usable.")
     default = serializers.BooleanField(help_text="The model 'auto' picks on this server.")
+
+
+MAX_FILTER_VALUES = 10
+
+
+class ExportCreateSerializer(serializers.Serializer):
+    """``POST /api/exports/``: a format and either job ids or the job list's filters."""
+
+    format = serializers.ChoiceField(choices=Export.Format.choices)
+    jobs = serializers.ListField(
+        child=serializers.UUIDField(),
+        required=False,
+        allow_empty=False,
+        max_length=10_000,
+        help_text="Ids of your succeeded jobs.",
+    )
+    filters = serializers.DictField(
+        required=False,
+        help_text="The job list's query (GET /api/jobs/ parameters), e.g. "
+        '{"has": ["person:2", "dog"], "status": "succeeded"}: its succeeded jobs. Each value is '
+        "a string, or a list of strings for has.",
+    )
+
+    def validate_filters(self, value: dict) -> dict:
+        from .filters import JobFilter
+
+        known = set(JobFilter.base_filters)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown filter {', '.join(map(repr, unknown))[:200]}; "
+                f"known: {', '.join(sorted(known))}."
+            )
+        for key, item in value.items():
+            items = item if isinstance(item, list) else [item]
+            if len(items) > MAX_FILTER_VALUES or not all(isinstance(v, str) for v in items):
+                raise serializers.ValidationError(
+                    f"{key}: a string, or a list of at most {MAX_FILTER_VALUES} strings."
+                )
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        if ("jobs" in attrs) == ("filters" in attrs):
+            raise serializers.ValidationError({"detail": "Give either jobs or filters."})
+        return attrs
+
+
+class ProgressSerializer(serializers.Serializer):
+    done = serializers.IntegerField(help_text="Jobs written so far.")
+    total = serializers.IntegerField(help_text="Jobs selected.")
+
+
+class ExportSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="api-export-detail")
+    progress = serializers.SerializerMethodField()
+    download_url = serializers.SerializerMethodField(
+        help_text="Once succeeded: where to get the ZIP (yours only; a short-lived signed URL "
+        "with S3). Null before."
+    )
+
+    class Meta:
+        model = Export
+        fields = ["id", "url", "format", "status", "progress", "download_url", "size_bytes",
+                  "error", "selection", "created_at", "finished_at", "expires_at"]  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field(ProgressSerializer)
+    def get_progress(self, export: Export) -> dict:
+        return {"done": export.done, "total": export.total}
+
+    @extend_schema_field(serializers.URLField(allow_null=True))
+    def get_download_url(self, export: Export) -> str | None:
+        if export.status != Export.Status.SUCCEEDED or not export.file:
+            return None
+        return files.export_url(self.context["request"], export)
+
+
+class ExportCreatedSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    url = serializers.URLField()

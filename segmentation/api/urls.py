@@ -8,6 +8,7 @@ from . import views
 
 router = SimpleRouter()
 router.register("jobs", views.JobViewSet, basename="api-job")
+router.register("exports", views.ExportViewSet, basename="api-export")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="api-token"),
@@ -15,6 +16,11 @@ urlpatterns = [
     path("models/", views.ModelsView.as_view(), name="api-models"),
     path("labels/", views.LabelsView.as_view(), name="api-labels"),
     *router.urls,
+    path(
+        "jobs/<uuid:pk>/instances/<int:index>/<str:kind>/",
+        views.InstanceFileView.as_view(),
+        name="api-job-instance",
+    ),
     path("jobs/<uuid:pk>/<str:kind>/", views.JobFileView.as_view(), name="api-job-file"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -6,9 +6,14 @@ route, so its existence does not leak.
 
 from __future__ import annotations
 
+import json
+import tempfile
+from types import SimpleNamespace
+
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.db.models import Prefetch
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -19,20 +24,31 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
+from rest_framework.exceptions import (
+    APIException,
+    NotFound,
+    ParseError,
+    PermissionDenied,
+    ValidationError,
+)
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import files, health, services
+from .. import datasets, files, health, services
 from ..coco_export import job_to_coco
-from ..inference import COCO_LABELS
-from ..models import Detection, Job
+from ..inference import COCO_LABELS, InvalidImageError
+from ..models import Detection, Export, Job
 from ..uploads import UploadError, describe_bytes
 from .filters import JobFilter
 from .serializers import (
     ErrorSerializer,
+    ExportCreatedSerializer,
+    ExportCreateSerializer,
+    ExportSerializer,
     JobCreateSerializer,
     JobOptionsSerializer,
     JobSerializer,
@@ -61,6 +77,60 @@ class PayloadTooLarge(APIException):
 
 class Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
+
+
+class TooManyExports(APIException):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+
+
+class FormatIsNotARenderer(DefaultContentNegotiation):
+    """For routes whose ``?format=`` names a dataset format, not one of DRF's renderers."""
+
+    settings = SimpleNamespace(URL_FORMAT_OVERRIDE=None)
+
+
+class BoundedJSONParser(JSONParser):
+    """JSON bodies up to ``MAX_BYTES``, nested at most a few levels: a huge or deeply nested
+    body is a 400/413 (Python's decoder would otherwise hit its recursion limit: a 500)."""
+
+    MAX_BYTES = 1024 * 1024
+    MAX_DEPTH = 8
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = (parser_context or {}).get("request")
+        length = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
+        if length > self.MAX_BYTES:
+            raise PayloadTooLarge(f"The request body is larger than {self.MAX_BYTES} bytes.")
+        raw = stream.read(self.MAX_BYTES + 1) if stream is not None else b""
+        if len(raw) > self.MAX_BYTES:
+            raise PayloadTooLarge(f"The request body is larger than {self.MAX_BYTES} bytes.")
+        if _nesting(raw) > self.MAX_DEPTH:
+            raise ParseError(f"JSON nested deeper than {self.MAX_DEPTH} levels.")
+        try:
+            return json.loads(raw or b"null")
+        except (ValueError, RecursionError) as exc:
+            raise ParseError(f"Malformed JSON: {str(exc)[:200]}") from exc
+
+
+def _nesting(raw: bytes) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 class TokenView(APIView):
@@ -136,6 +206,17 @@ class JobPagination(PageNumberPagination):
 @extend_schema_view(
     list=extend_schema(
         summary="Your jobs, newest first",
+        parameters=[
+            OpenApiParameter(
+                "has",
+                str,
+                many=True,
+                explode=True,
+                description="LABEL or LABEL:N (N from 1 to 1000): jobs with at least N instances "
+                "of LABEL scoring at least their threshold. Repeat for all of them "
+                "(has=person:2&has=dog), or separate by spaces. Hidden jobs never match.",
+            )
+        ],
         responses={
             200: JobSummarySerializer(many=True),
             400: OpenApiResponse(ErrorSerializer, description="A filter value is invalid."),
@@ -175,7 +256,7 @@ class JobViewSet(
 
     @property
     def throttle_scope(self) -> str:
-        return "threshold" if self.action == "partial_update" else "job_create"
+        return {"partial_update": "threshold", "export": "export"}.get(self.action, "job_create")
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -192,10 +273,17 @@ class JobViewSet(
     def get_serializer_class(self):
         return JobSummarySerializer if self.action == "list" else JobSerializer
 
+    def list(self, request):
+        filters = JobFilter(request.query_params, queryset=self.get_queryset(), request=request)
+        if not filters.is_valid():
+            raise ValidationError(filters.errors)
+        page = self.paginate_queryset(filters.job_page())
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
     def get_throttles(self):
         # A retry costs a worker what a new job costs: both count against the job rate; a
         # threshold change has its own rate (throttle_scope).
-        if self.action in ("create", "retry", "partial_update"):
+        if self.action in ("create", "retry", "partial_update", "export"):
             return [ScopedThrottle()]
         return []
 
@@ -298,6 +386,213 @@ class JobViewSet(
                 status=status.HTTP_409_CONFLICT,
             )
         return Response(job_to_coco(job))
+
+    @extend_schema(
+        summary="The job as a one-photo dataset: a ZIP in the format asked for",
+        parameters=[
+            OpenApiParameter(
+                "format",
+                str,
+                enum=Export.Format.values,
+                required=True,
+                description="coco (RLE masks), coco_polygons, yolo, masks (PNG per instance), "
+                "cutouts (RGBA PNG per instance: the job page's 'all cut-outs'). Layouts: "
+                "README, 'Exports'.",
+            )
+        ],
+        responses={
+            (200, "application/zip"): OpenApiTypes.BINARY,
+            400: OpenApiResponse(ErrorSerializer, description="No such format."),
+            409: OpenApiResponse(ErrorSerializer, description="The job has not succeeded."),
+            413: OpenApiResponse(
+                ErrorSerializer, description="Too many pixels to draw in one request."
+            ),
+            429: OpenApiResponse(ErrorSerializer, description="Too many; see Retry-After."),
+            503: OpenApiResponse(ErrorSerializer, description="The photo cannot be read."),
+            **ERRORS,
+        },
+    )
+    @action(detail=True, methods=["get"], content_negotiation_class=FormatIsNotARenderer)
+    def export(self, request, pk=None):
+        job = self.get_object()
+        fmt = request.query_params.get("format", "")
+        if fmt not in Export.Format.values:
+            raise ValidationError({"format": f"One of: {', '.join(Export.Format.values)}."})
+        if job.status != Job.Status.SUCCEEDED:
+            raise Conflict(f"The job is {job.status}; it can be exported once it has succeeded.")
+        if fmt != Export.Format.COCO:
+            _check_drawing_cost(job, len(datasets.shown_detections(job)))
+        archive = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)
+        try:
+            datasets.write_dataset(archive, fmt, [job], description=f"segweb job {job.pk}")
+        except datasets.PhotoUnavailable as exc:
+            archive.close()
+            raise ServiceUnavailable(str(exc)) from exc
+        archive.seek(0)
+        name = f"{datasets.safe_stem(job)}-{fmt}.zip"
+        return files.serve_bytes(archive, name, "application/zip", attachment=True)
+
+
+def _check_drawing_cost(job: Job, instances: int) -> None:
+    megapixels = instances * job.width * job.height / 1e6
+    limit = settings.SEGWEB["DIRECT_EXPORT_MAX_MEGAPIXELS"]
+    if megapixels > limit:
+        raise PayloadTooLarge(
+            f"{instances} instances on a {job.width}x{job.height} photo are too many pixels to "
+            f"draw in one request ({megapixels:.0f} MP, limit {limit}); export the job with "
+            'POST /api/exports/ {"format": ..., "jobs": [id]} instead.'
+        )
+
+
+class InstanceFileView(APIView):
+    """One instance of a job: its mask, or its cut-out."""
+
+    throttle_scope = "export"
+    throttle_classes = [ScopedThrottle]
+
+    @extend_schema(
+        operation_id="jobs_instance_file_retrieve",
+        parameters=[
+            OpenApiParameter(
+                "index",
+                int,
+                OpenApiParameter.PATH,
+                description="The instance's index in the job's detections (at its current "
+                "threshold, best first).",
+            ),
+            OpenApiParameter(
+                "kind",
+                str,
+                OpenApiParameter.PATH,
+                enum=["cutout", "mask"],
+                description="cutout: RGBA PNG of the instance's box (clipped to the photo), "
+                "opaque on the mask, transparent elsewhere; mask: PNG of the photo's size, "
+                "255 on the mask's pixels, 0 elsewhere.",
+            ),
+            OpenApiParameter("download", str, enum=["1"], description="As an attachment."),
+        ],
+        summary="One instance's cut-out or mask (PNG)",
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(ErrorSerializer, description="The job has not succeeded."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many; see Retry-After."),
+            503: OpenApiResponse(ErrorSerializer, description="The photo cannot be read."),
+            **ERRORS,
+        },
+    )
+    def get(self, request, pk, index: int, kind: str):
+        job = Job.objects.for_user(request.user).filter(pk=pk).first()
+        if job is None or kind not in ("cutout", "mask"):
+            raise NotFound("Not found.")
+        if job.status != Job.Status.SUCCEEDED:
+            raise Conflict(f"The job is {job.status}; instances exist once it has succeeded.")
+        shown = datasets.shown_detections(job)
+        if index >= len(shown):
+            raise NotFound(
+                f"The job shows {len(shown)} instance{'s' if len(shown) != 1 else ''} at its "
+                f"threshold; indexes go from 0 to {len(shown) - 1}."
+            )
+        detection = shown[index]
+        try:
+            if kind == "mask":
+                data = datasets.mask_png(detection)
+            else:
+                data = datasets.cutout_png(datasets.load_photo(job), detection)
+        except (datasets.PhotoUnavailable, InvalidImageError) as exc:
+            raise ServiceUnavailable("The stored photo could not be read.") from exc
+        name = f"{datasets.safe_stem(job)}-{index}-{detection.label.replace(' ', '_')}-{kind}.png"
+        attachment = request.query_params.get("download") == "1"
+        return files.serve_bytes(data, name, "image/png", attachment=attachment)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your exports, newest first"),
+    retrieve=extend_schema(
+        summary="An export's status, progress and, once it succeeded, its download_url",
+        responses={200: ExportSerializer, **ERRORS},
+    ),
+    destroy=extend_schema(summary="Delete an export and its file", responses={204: None, **ERRORS}),
+)
+class ExportViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Bulk exports: a worker writes the selected jobs into a ZIP, kept for a few days."""
+
+    queryset = Export.objects.none()
+    serializer_class = ExportSerializer
+    pagination_class = JobPagination
+    filter_backends: list = []
+    lookup_value_converter = "uuid"
+    throttle_scope = "export"
+    parser_classes = [BoundedJSONParser]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Export.objects.none()
+        return Export.objects.for_user(self.request.user)
+
+    def get_throttles(self):
+        return [ScopedThrottle()] if self.action == "create" else []
+
+    @extend_schema(
+        request=ExportCreateSerializer,
+        summary="Export jobs (by id, or by the job list's filters) as a ZIP dataset",
+        responses={
+            202: ExportCreatedSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Bad format or selection: unknown ids, unfinished jobs, nothing or "
+                "too many selected, a malformed filter.",
+            ),
+            401: ERRORS[401],
+            413: OpenApiResponse(ErrorSerializer, description="The request body is too large."),
+            429: OpenApiResponse(
+                ErrorSerializer, description="Too many exports in progress, or too many requests."
+            ),
+        },
+    )
+    def create(self, request):
+        data = ExportCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            export = services.export_create(
+                owner=request.user,
+                format=data.validated_data["format"],
+                job_ids=data.validated_data.get("jobs"),
+                filters=data.validated_data.get("filters"),
+            )
+        except services.ExportRefused as exc:
+            if exc.status == 429:
+                raise TooManyExports(str(exc)) from exc
+            raise ValidationError({"detail": str(exc)}) from exc
+        url = request.build_absolute_uri(reverse("api-export-detail", args=[export.pk]))
+        return Response(
+            {"id": export.pk, "status": export.status, "url": url},
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": url},
+        )
+
+    def perform_destroy(self, export: Export) -> None:
+        services.export_delete(export=export)
+
+    @extend_schema(
+        summary="Download a finished export (a redirect to a signed URL with S3)",
+        responses={
+            (200, "application/zip"): OpenApiTypes.BINARY,
+            302: OpenApiResponse(description="Redirect to a signed S3 URL."),
+            409: OpenApiResponse(ErrorSerializer, description="Not finished, or failed."),
+            **ERRORS,
+        },
+    )
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        export = self.get_object()
+        if export.status != Export.Status.SUCCEEDED or not export.file:
+            raise Conflict(f"The export is {export.status}; download it once it has succeeded.")
+        return files.serve_export(request, export)
 
 
 class JobFileView(APIView):

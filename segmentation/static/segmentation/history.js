@@ -1,6 +1,6 @@
 // History: colour the class chips, and keep the statuses of waiting jobs current without a
 // reload: one request for the whole page (GET /api/jobs/?id=...), only while some wait.
-import { announce, inkFor, paintColours } from "./ui.js";
+import { announce, csrfToken, inkFor, paintColours } from "./ui.js";
 
 const grid = document.getElementById("job-grid");
 const status = document.getElementById("history-status");
@@ -25,7 +25,7 @@ function update(card, job) {
   for (const c of job.classes) {
     const chip = document.createElement("a");
     chip.className = "chip";
-    chip.href = `?label=${encodeURIComponent(c.label)}`;
+    chip.href = `?has=${encodeURIComponent(c.label)}`;
     chip.dataset.colour = c.colour;
     chip.dataset.ink = inkFor(c.colour);
     chip.setAttribute("aria-label", `${c.count} ${c.label}`);
@@ -76,3 +76,75 @@ async function poll(delay) {
 }
 
 if (grid) window.setTimeout(() => poll(2000), 2000);
+
+// Export "what I am looking at": the page's filters go to POST /api/exports/, then the export's
+// progress is polled until its download link is ready. Without JavaScript the form posts to the
+// page route, which starts the same export and lists it under "Your exports".
+const exportForm = document.getElementById("export-form");
+
+async function startExport(event) {
+  event.preventDefault();
+  const button = document.getElementById("export-button");
+  const box = document.getElementById("export-progress");
+  const meter = document.getElementById("export-meter");
+  const statusLine = document.getElementById("export-status");
+  const link = document.getElementById("export-download");
+  const filters = JSON.parse(document.getElementById("export-filters").textContent);
+  const format = document.getElementById("export-format").value;
+  button.disabled = true;
+  box.hidden = false;
+  link.hidden = true;
+  meter.removeAttribute("value");
+  announce(statusLine, "Starting the export…");
+  let response;
+  try {
+    response = await fetch(exportForm.dataset.apiUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify({ format, filters }),
+    });
+  } catch (err) {
+    announce(statusLine, "The server cannot be reached; try again.");
+    button.disabled = false;
+    return;
+  }
+  const body = await response.json().catch(() => ({}));
+  if (response.status !== 202) {
+    announce(statusLine, `Not started: ${body.detail || `the server answered ${response.status}`}`);
+    button.disabled = false;
+    return;
+  }
+  followExport(body.url, { button, meter, statusLine, link });
+}
+
+async function followExport(url, ui, delay = 1000) {
+  let body;
+  try {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) throw new Error(String(response.status));
+    body = await response.json();
+  } catch (err) {
+    window.setTimeout(() => followExport(url, ui, Math.min(delay * 2, 15000)), delay);
+    return;
+  }
+  const { done, total } = body.progress;
+  ui.meter.max = Math.max(total, 1);
+  ui.meter.value = done;
+  if (body.status === "succeeded") {
+    ui.link.href = body.download_url;
+    ui.link.hidden = false;
+    ui.button.disabled = false;
+    announce(ui.statusLine, `Export ready: ${total} job${total === 1 ? "" : "s"}.`);
+    return;
+  }
+  if (body.status === "failed") {
+    ui.button.disabled = false;
+    announce(ui.statusLine, `Export failed: ${body.error}`);
+    return;
+  }
+  ui.statusLine.textContent = body.status === "queued" ? "Waiting for a worker…" : `Exporting: ${done} of ${total} jobs…`;
+  window.setTimeout(() => followExport(url, ui, 1000), 1000);
+}
+
+if (exportForm) exportForm.addEventListener("submit", startExport);

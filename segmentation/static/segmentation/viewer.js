@@ -312,12 +312,38 @@ class Viewer {
   }
 
   markRow(inst) {
+    this.instanceLinks(this.pinned || inst);
     const row = inst ? inst.row : null;
     if (this.activeRow && this.activeRow !== row) this.activeRow.classList.remove("active", "pinned");
     this.activeRow = row;
     if (!row) return;
     row.classList.add("active");
     row.classList.toggle("pinned", this.pinned === inst);
+  }
+
+  instanceLinks(inst) {
+    // GET /api/jobs/{id}/instances/{i}/cutout/ and .../mask/: {i} counts the instances shown
+    // at the job's saved threshold, best first (the API's detections list).
+    const box = this.page.querySelector("#instance-actions");
+    if (!box || inst === this.linked) return;
+    this.linked = inst;
+    const hint = box.querySelector("#instance-hint");
+    const links = [box.querySelector("#download-cutout"), box.querySelector("#download-mask")];
+    const saved = this.savedThreshold - 1e-9;
+    const index = inst && inst.score >= saved
+      ? this.instances.filter((i) => i.rank < inst.rank && i.score >= saved).length
+      : -1;
+    for (const link of links) {
+      link.hidden = index < 0;
+      if (index >= 0) {
+        const kind = link.id === "download-cutout" ? "cutout" : "mask";
+        link.href = `${box.dataset.baseUrl}${index}/${kind}/?download=1`;
+        link.setAttribute("aria-label", `${link.textContent} of ${inst.label} #${inst.rank + 1}`);
+      }
+    }
+    if (!inst) hint.textContent = "Pin an instance (click it, or Enter on its row) to download its cut-out or mask.";
+    else if (index < 0) hint.textContent = `${inst.label} #${inst.rank + 1} scores below the saved minimum score.`;
+    else hint.textContent = `${inst.label} #${inst.rank + 1}:`;
   }
 
   // --- Pointer, keyboard and controls --------------------------------------------------------
@@ -512,6 +538,8 @@ class Viewer {
     }
     if (response.ok) {
       this.savedThreshold = value;
+      this.linked = undefined;
+      this.instanceLinks(this.pinned || this.hover);
       const link = this.page.querySelector("#download-overlay");
       if (link) link.href = link.href.replace(/([?&]v=)[^&]*/, `$1${value}`);
       if (value === this.threshold) announce(this.status, `Minimum score ${value.toFixed(2)} saved.`);
