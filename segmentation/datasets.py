@@ -158,10 +158,11 @@ class DatasetWriter:
         self._next_annotation = 1
         self._image_id = 0
         if self.format in (Format.COCO, Format.COCO_POLYGONS):
-            self._images = tempfile.TemporaryFile("w+", encoding="utf-8")
-            self._annotations = tempfile.TemporaryFile("w+", encoding="utf-8")
+            # Closed in close(): the COCO JSON is assembled from them at the end.
+            self._images = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+            self._annotations = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
         if self.format in (Format.MASKS, Format.CUTOUTS):
-            self._csv_file = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
+            self._csv_file = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115
             self._csv = csv.writer(self._csv_file)
             file_column = "mask" if self.format == Format.MASKS else "cutout"
             self._csv.writerow(["image", file_column, "index", "label", "score",

@@ -422,7 +422,8 @@ class JobViewSet(
             raise Conflict(f"The job is {job.status}; it can be exported once it has succeeded.")
         if fmt != Export.Format.COCO:
             _check_drawing_cost(job, len(datasets.shown_detections(job)))
-        archive = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)
+        # Served (and closed) by the response; on disk past 32 MB.
+        archive = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)  # noqa: SIM115
         try:
             datasets.write_dataset(archive, fmt, [job], description=f"segweb job {job.pk}")
         except datasets.PhotoUnavailable as exc:
