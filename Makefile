@@ -12,7 +12,7 @@ export SEGWEB_DATA_DIR := $(DATA_DIR)
 
 install: $(VENV)/.installed  ## build .venv with the runtime dependencies
 
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev .venv-datumaro/.installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+# datumaro's pins conflict with the runtime's (pillow, pandas, opencv): the tests run it from
+# its own venv (tests/test_dataset_tools.py).
+.venv-datumaro/.installed: requirements-datumaro.txt
+	$(PYTHON) -m venv .venv-datumaro
+	.venv-datumaro/bin/python -m pip install --disable-pip-version-check -q -r requirements-datumaro.txt
 	touch $@
 
 $(DATA_DIR)/secret_key:
@@ -92,4 +99,4 @@ export: install-dev  ## convert the models for the OpenVINO runtime, checked on 
 	$(BIN)/python -m segmentation.inference.export
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-datumaro .pytest_cache .ruff_cache

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT / "var" / "bench-history"
-SCHEMA = "3"  # bump when the generated data changes shape
+SCHEMA = "4"  # bump when the generated data changes shape
 OWNER = "alice"
 OTHERS = 50
 

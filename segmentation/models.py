@@ -112,8 +112,9 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
             # The owner's own history (moderated jobs left out): its count and any page of it
-            # from the index alone.
-            models.Index(fields=["owner", "hidden", "-created_at", "id"], name="job_owner_visible"),
+            # from the index alone. Django writes hidden=False as NOT hidden, which is no
+            # equality: hidden comes after the date, or every page would sort the history.
+            models.Index(fields=["owner", "-created_at", "hidden", "id"], name="job_owner_visible"),
             models.Index(fields=["owner", "status", "-created_at"], name="job_owner_status"),
             models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),
         ]
@@ -210,10 +211,11 @@ class JobClass(models.Model):
         ]
         indexes = [
             # Covers a search: the driving class's rows of one owner, newest first, with all that
-            # the other conditions test (see search.py).
+            # the other conditions test (see search.py). visible=True is written as a truth
+            # test, not an equality: it comes after the date, like the other tested columns.
             models.Index(
                 fields=[
-                    *("owner", "label", "visible", "created_at", "job"),
+                    *("owner", "label", "created_at", "job", "visible"),
                     *("count", "max_score", "labels_low", "labels_high"),
                 ],
                 name="jobclass_search",

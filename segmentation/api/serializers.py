@@ -231,7 +231,7 @@ class ExportCreateSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict) -> dict:
         if ("jobs" in attrs) == ("filters" in attrs):
-            raise serializers.ValidationError({"detail": "Give either jobs or filters."})
+            raise serializers.ValidationError("Give either jobs or filters.")
         return attrs
 
 

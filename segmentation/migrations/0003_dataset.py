@@ -134,7 +134,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="job",
             index=models.Index(
-                fields=["owner", "hidden", "-created_at", "id"], name="job_owner_visible"
+                fields=["owner", "-created_at", "hidden", "id"], name="job_owner_visible"
             ),
         ),
         migrations.AddField(
@@ -199,11 +199,7 @@ class Migration(migrations.Migration):
             model_name="jobclass",
             index=models.Index(
                 fields=[
-                    "owner",
-                    "label",
-                    "visible",
-                    "created_at",
-                    "job",
+                    "owner", "label", "created_at", "job", "visible",
                     "count",
                     "max_score",
                     "labels_low",
