@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -799,7 +800,7 @@ def export_create(
         )
     with transaction.atomic():
         # Serialise one owner's requests, so that two at once cannot both pass the limit.
-        type(owner).objects.select_for_update().filter(pk=owner.pk).first()
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
         active = Export.objects.filter(
             owner=owner, status__in=[Export.Status.QUEUED, Export.Status.RUNNING]
         ).count()

@@ -72,12 +72,22 @@ def test_sign_in_upload_watch_it_finish_and_find_it_in_history(browser, segweb):
     page.screenshot(path=OUTPUT / "job-page.png", full_page=True)
 
     page.click("text=History")
-    page.select_option("#filter-label", "person")
-    page.click("text=Filter")
-    page.wait_for_url("**/jobs/?label=person*")
+    page.fill("#search-has", "person")
+    page.click("button:has-text('Search')")
+    page.wait_for_url("**/jobs/?has=person*")
     cards = page.locator(".job-card")
     assert cards.count() == 1
     assert "person" in cards.first.inner_text()
+    assert page.locator(".facet.active").inner_text().startswith("person")
+
+    # Export what the page shows: progress, then the link (the worker of `make run` builds it).
+    page.select_option("#export-format", "coco")
+    page.click("#export-button")
+    page.locator("#export-download").wait_for(state="visible", timeout=120_000)
+    assert "Export ready: 1 job" in page.locator("#export-status").inner_text()
+    with page.expect_download() as download:
+        page.click("#export-download")
+    assert download.value.suggested_filename.startswith("segweb-coco-")
     page.screenshot(path=OUTPUT / "history.png", full_page=True)
 
 

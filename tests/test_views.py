@@ -170,7 +170,7 @@ def test_history_lists_newest_first_with_classes(owner_client, owner):
     newer = succeed(create_job(owner), labels=("cup", "spoon"))
     html = owner_client.get(reverse("job-list")).content.decode()
     assert html.index(str(newer.pk)) < html.index(str(older.pk))
-    assert 'href="?label=spoon"' in html
+    assert 'href="?has=spoon"' in html
     assert 'aria-label="1 spoon">spoon <span class="chip-count">1</span></a>' in html
 
 
