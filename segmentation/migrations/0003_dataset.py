@@ -137,6 +137,10 @@ class Migration(migrations.Migration):
                 fields=["owner", "-created_at", "hidden", "id"], name="job_owner_visible"
             ),
         ),
+        migrations.AddIndex(
+            model_name="job",
+            index=models.Index(fields=["owner", "hidden"], name="job_owner_hidden"),
+        ),
         migrations.AddField(
             model_name="export",
             name="jobs",
