@@ -161,8 +161,11 @@ def _tint(canvas: np.ndarray, det: Detection, colour: RGB, alpha: float, line: i
         return
     region = canvas[y0:y1, x0:x1]  # a view: every change lands in the canvas
     mask = det.mask
-    blended = region[mask].astype(np.float32) * (1 - alpha) + np.array(colour, np.float32) * alpha
-    region[mask] = (blended + 0.5).astype(np.uint8)
+    # Blend the whole box with cv2 (fast, rounded), then keep it only where the mask is.
+    tint = np.empty_like(region)
+    tint[:] = colour
+    blended = cv2.addWeighted(region, 1 - alpha, tint, alpha, 0)
+    np.copyto(region, blended, where=mask[..., None])
     contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(region, contours, -1, colour, line, cv2.LINE_AA)
 
