@@ -250,7 +250,7 @@ class _Pictures:
     threshold: float  # the overlay shows the detections scoring at least this
     overlay_png: ContentFile
     overlay_thumbnail: ContentFile
-    preview: ContentFile
+    preview: ContentFile | None
 
 
 @dataclass
@@ -291,8 +291,8 @@ def _load_photo(job: Job):
     return load_image(data, max_pixels=settings.SEGWEB["MAX_PIXELS"])
 
 
-def _draw(image, detections: list, threshold: float) -> _Pictures:
-    """The overlay (PNG), its thumbnail and the viewer's preview of the photo."""
+def _draw(image, detections: list, threshold: float, *, preview: bool = True) -> _Pictures:
+    """The overlay (PNG), its thumbnail and (unless not wanted) the viewer's preview."""
     from .inference import render_overlay
 
     shown = [d for d in detections if d.score >= threshold]
@@ -301,7 +301,7 @@ def _draw(image, detections: list, threshold: float) -> _Pictures:
         threshold=threshold,
         overlay_png=ContentFile(_png(overlay)),
         overlay_thumbnail=ContentFile(_jpeg(overlay, THUMBNAIL_SIZE, quality=82)),
-        preview=ContentFile(_jpeg(image, PREVIEW_SIZE, quality=82)),
+        preview=ContentFile(_jpeg(image, PREVIEW_SIZE, quality=82)) if preview else None,
     )
 
 
@@ -564,7 +564,7 @@ def job_overlay_current(*, job: Job) -> Job:
     except InvalidImageError as exc:  # the stored photo decoded once; it should again
         raise StorageUnavailable("The stored photo could not be read.") from exc
     shown = to_found_all(job.detections.filter(score__gte=threshold).order_by("rank"))
-    pictures = _draw(image, shown, threshold)
+    pictures = _draw(image, shown, threshold, preview=False)
     saved: list[str] = []
     try:
         overlay = _save_overlay(job, pictures, saved)

@@ -171,7 +171,7 @@ def _tint(canvas: np.ndarray, det: Detection, colour: RGB, alpha: float, line: i
     kept = cv2.multiply(region, (1 - alpha, 1 - alpha, 1 - alpha, 0))
     cv2.add(kept, (*(alpha * c for c in colour), 0), dst=region, mask=mask8)
     contours, _ = cv2.findContours(mask8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(region, contours, -1, colour, line, cv2.LINE_AA)
+    cv2.drawContours(region, contours, -1, colour, line, cv2.LINE_8)  # AA: 3x the time
 
 
 @dataclass(frozen=True)
