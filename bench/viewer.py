@@ -357,10 +357,8 @@ def screenshots(out: Path) -> None:
                 page = signed_in_page(browser, base, (1280, 900))
                 page.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
                 page.wait_for_function("window.segwebViewer")
-                point = page.evaluate(POINT_IN_MASK, 0)
-                page.mouse.move(point[0] - 3, point[1] - 3)
-                page.mouse.move(*point, steps=3)
-                page.wait_for_function("window.segwebViewer.focus !== null")
+                page.mouse.click(*page.evaluate(POINT_IN_MASK, 0))  # pinned: stays for the shot
+                page.wait_for_function("window.segwebViewer.pinned !== null")
                 page.screenshot(path=out / "job-desktop.png", full_page=True)
                 phone = signed_in_page(
                     browser, base, (390, 844), device_scale_factor=2, is_mobile=True, has_touch=True
@@ -368,6 +366,8 @@ def screenshots(out: Path) -> None:
                 phone.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
                 phone.wait_for_function("window.segwebViewer")
                 phone.screenshot(path=out / "job-phone.png", full_page=True)
+                overlay = page.request.get(f"{base}/jobs/{job_id}/overlay/")
+                (out / "overlay.png").write_bytes(overlay.body())
                 page.goto(f"{base}/jobs/")
                 page.screenshot(path=out / "history.png")
                 browser.close()
