@@ -264,6 +264,26 @@ def mask_formats(detections, scale: float) -> dict:
     return {"rle": rle, "png_full": png_full, "png_scaled": png_scaled}
 
 
+def overlay_redraw(browser, base: str, job_id: str, rounds: int) -> dict:
+    """Seconds to download the overlay right after a threshold change, and once more."""
+    page = signed_in_page(browser, base)
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    out: dict[str, list[float]] = {"first": [], "again": []}
+    for i in range(rounds):
+        threshold = 0.3 + 0.05 * (i % 2)  # a change every round
+        page.request.patch(
+            f"{base}/api/jobs/{job_id}/",
+            data={"score_threshold": threshold},
+            headers={"X-CSRFToken": csrf, "Referer": f"{base}/jobs/"},
+        )
+        for key in ("first", "again"):
+            started = time.perf_counter()
+            assert page.request.get(f"{base}/jobs/{job_id}/overlay/").ok
+            out[key].append(time.perf_counter() - started)
+    page.close()
+    return out
+
+
 def bench(rounds: int) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -279,6 +299,7 @@ def bench(rounds: int) -> None:
             with sync_playwright() as playwright:
                 browser = launch(playwright)
                 runs = [measure(browser, f"http://127.0.0.1:{port}", job_id) for _ in range(rounds)]
+                redraw = overlay_redraw(browser, f"http://127.0.0.1:{port}", job_id, rounds)
                 browser.close()
         finally:
             web.terminate()
@@ -294,6 +315,11 @@ def bench(rounds: int) -> None:
         p90 = np.percentile([x for r in runs for x in r[name]], 90)
         print(f"{name} repaint: median {statistics.median(medians):.1f} ms (p90 {p90:.1f} ms)")
     print(f"page over the wire: {wire / 1024:.0f} KiB")
+    first_s, again_s = (statistics.median(redraw[k]) for k in ("first", "again"))
+    print(
+        f"overlay PNG after a threshold change: first download {first_s:.2f} s "
+        f"(drawn from the stored masks), the next {again_s:.3f} s"
+    )
     print(
         f"masks: COCO RLE in the page {formats['rle'] / 1024:.0f} KiB (uncompressed); one "
         f"PNG per instance {formats['png_full'] / 1024:.0f} KiB at full size, "
@@ -331,10 +357,8 @@ def screenshots(out: Path) -> None:
                 page = signed_in_page(browser, base, (1280, 900))
                 page.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
                 page.wait_for_function("window.segwebViewer")
-                point = page.evaluate(POINT_IN_MASK, 0)
-                page.mouse.move(point[0] - 3, point[1] - 3)
-                page.mouse.move(*point, steps=3)
-                page.wait_for_function("window.segwebViewer.focus !== null")
+                page.mouse.click(*page.evaluate(POINT_IN_MASK, 0))  # pinned: stays for the shot
+                page.wait_for_function("window.segwebViewer.pinned !== null")
                 page.screenshot(path=out / "job-desktop.png", full_page=True)
                 phone = signed_in_page(
                     browser, base, (390, 844), device_scale_factor=2, is_mobile=True, has_touch=True
@@ -342,6 +366,8 @@ def screenshots(out: Path) -> None:
                 phone.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
                 phone.wait_for_function("window.segwebViewer")
                 phone.screenshot(path=out / "job-phone.png", full_page=True)
+                overlay = page.request.get(f"{base}/jobs/{job_id}/overlay/")
+                (out / "overlay.png").write_bytes(overlay.body())
                 page.goto(f"{base}/jobs/")
                 page.screenshot(path=out / "history.png")
                 browser.close()

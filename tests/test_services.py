@@ -186,8 +186,11 @@ def test_the_real_engine_segments_a_job(owner, private_storage):
     assert "cup" in labels
     assert job.runtime
     assert job.inference_ms > 0
-    assert job.overlay.name == f"overlays/{owner.pk}/{job.pk}.png"
-    assert default_storage.exists(job.overlay.name)
+    assert job.overlay.name.startswith(f"overlays/{owner.pk}/{job.pk}-")
+    assert job.overlay.name.endswith(".png")
+    for name in (job.overlay.name, job.overlay_thumbnail.name, job.preview.name):
+        assert default_storage.exists(name), name
+    assert job.kept_min_score == 0.25 and job.overlay_threshold == 0.5
     cup = job.detections.get(label="cup")
     assert cup.rle["size"] == [job.height, job.width]
     assert cup.area > 10_000

@@ -225,9 +225,9 @@ def test_the_overlay_is_redrawn_once_at_the_new_threshold_then_served_as_stored(
     drawn = []
     real_draw = services._draw
 
-    def draw(image, detections, threshold):
+    def draw(image, detections, threshold, **kwargs):
         drawn.append(len(detections))
-        return real_draw(image, detections, threshold)
+        return real_draw(image, detections, threshold, **kwargs)
 
     monkeypatch.setattr(services, "_draw", draw)
     old_overlay = Job.objects.get(pk=job.pk).overlay.name

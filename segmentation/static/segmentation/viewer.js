@@ -266,7 +266,7 @@ class Viewer {
       ctx.setTransform(k, 0, 0, k, this.dpr * tx, this.dpr * ty);
       ctx.imageSmoothingEnabled = k < 1;
       const base = this.view === "masks" ? 1 : this.opacity;
-      const dimmed = focus ? base * 0.55 : base;
+      const dimmed = focus ? base * 0.8 : base;
       ctx.globalAlpha = dimmed;
       for (const inst of this.drawOrder) {
         if (inst.visible && inst.canvas && inst !== focus) ctx.drawImage(inst.canvas, inst.mask.x, inst.mask.y);
