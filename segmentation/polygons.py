@@ -10,9 +10,9 @@ there, every boundary lies between two pixels of one original pixel's 2x2 block,
 Holes are kept. A COCO polygon list is a *union* (pycocotools merges them), so a hole cannot be
 a polygon of its own: each hole is joined to the outline of its part by a zero-width cut (out
 along a segment, around the hole, back along the same segment). Rasterisers that fill by
-crossings, as pycocotools does, leave the hole empty and the cut without area (tested). A YOLO segmentation line holds one polygon per instance: there the parts of
-an instance are joined by such cuts as well (Ultralytics joins parts this way in its own COCO
-converter).
+crossings, as pycocotools does, leave the hole empty and the cut without area (tested). A YOLO
+segmentation line holds one polygon per instance: there the parts of an instance are joined by
+such cuts as well (Ultralytics joins parts this way in its own COCO converter).
 """
 
 from __future__ import annotations
