@@ -191,6 +191,7 @@ class ModelSerializer(serializers.Serializer):
 
 
 MAX_FILTER_VALUES = 10
+MAX_FILTER_LENGTH = 4000
 
 
 class ExportCreateSerializer(serializers.Serializer):
@@ -223,9 +224,12 @@ class ExportCreateSerializer(serializers.Serializer):
             )
         for key, item in value.items():
             items = item if isinstance(item, list) else [item]
-            if len(items) > MAX_FILTER_VALUES or not all(isinstance(v, str) for v in items):
+            if len(items) > MAX_FILTER_VALUES or not all(
+                isinstance(v, str) and len(v) <= MAX_FILTER_LENGTH for v in items
+            ):
                 raise serializers.ValidationError(
-                    f"{key}: a string, or a list of at most {MAX_FILTER_VALUES} strings."
+                    f"{key}: a string, or a list of at most {MAX_FILTER_VALUES} strings, of at "
+                    f"most {MAX_FILTER_LENGTH} characters each (as in a URL's query)."
                 )
         return value
 

@@ -507,7 +507,15 @@ class InstanceFileView(APIView):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="Your exports, newest first"),
+    list=extend_schema(
+        summary="Your exports, newest first",
+        responses={
+            200: ExportSerializer(many=True),
+            400: OpenApiResponse(ErrorSerializer, description="A bad page_size."),
+            401: ERRORS[401],
+            404: OpenApiResponse(ErrorSerializer, description="No such page."),
+        },
+    ),
     retrieve=extend_schema(
         summary="An export's status, progress and, once it succeeded, its download_url",
         responses={200: ExportSerializer, **ERRORS},

@@ -33,6 +33,7 @@ def unthrottled(monkeypatch):
         "job_create": None,
         "token": None,
         "threshold": None,
+        "export": None,
     }
     monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", rates)
     cache.clear()
