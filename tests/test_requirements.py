@@ -63,6 +63,11 @@ RUNTIME = textwrap.dedent(
     image = Image.open(sys.argv[1])
     detections = segmenter.predict(image, score_threshold=0.5)
     render_overlay(image.convert("RGB"), detections).save(io.BytesIO(), "PNG")
+    # Exports: polygons (OpenCV) and the dataset writer, never the test tools that read them.
+    import zipfile
+    from segmentation import datasets, polygons
+    assert polygons.coco_polygons(detections[0].mask, detections[0].mask_box[:2])
+    assert "pycocotools" not in sys.modules and "datumaro" not in sys.modules
     print(json.dumps([d.label for d in detections]))
     """
 )
