@@ -390,6 +390,23 @@ def serve() -> None:
         web.terminate()
 
 
+def finish(data_dir: Path, job_id: str, count: int) -> None:
+    """Run a queued job of the site in ``data_dir`` through the worker's path, ``count`` blobs
+    standing in for the model (the browser tests watch a page update by itself)."""
+    os.environ.update(_env(data_dir))
+    import django
+
+    django.setup()
+    import segmentation.inference as inference
+    from segmentation import services
+    from segmentation.models import Job
+
+    job = Job.objects.get(pk=job_id)
+    detections = blobs((job.width, job.height), count)
+    inference.load_segmenter = lambda name=None: _Fixed(detections)
+    services.job_run(job_id=job.pk)
+
+
 def prepare(data_dir: Path, size: tuple[int, int], count: int) -> None:
     """A site in ``data_dir`` with one finished job of ``count`` blobs (the browser tests')."""
     photo = crowd_photo(size)
@@ -403,8 +420,11 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--instances", type=int, default=12, help=argparse.SUPPRESS)
+    parser.add_argument("--finish", nargs=2, metavar=("DIR", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.prepare:
+    if args.finish:
+        finish(Path(args.finish[0]), args.finish[1], args.instances)
+    elif args.prepare:
         prepare(args.prepare, (960, 640), args.instances)
     elif args.screenshots:
         screenshots(args.screenshots)

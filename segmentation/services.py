@@ -311,9 +311,9 @@ def _png(image) -> bytes:
     import cv2
     import numpy as np
 
-    # Huffman-only deflate: on a 12 MP photo it encodes about 2x faster than Pillow's fastest
-    # level and, photos being noisy, the file is no larger (bench/viewer.py). It matters since
-    # a threshold change has the web process draw the overlay again.
+    # Huffman-only deflate: on a 12 MP photo it encoded about 2x faster than Pillow's fastest
+    # level and, photos being noisy, the file was no larger (docs/benchmarks.md, Viewer). It
+    # matters since a threshold change has the web process draw the overlay again.
     bgr = np.ascontiguousarray(np.asarray(image)[..., ::-1])
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY]
     ok, encoded = cv2.imencode(".png", bgr, [*params, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])

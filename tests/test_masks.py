@@ -22,6 +22,7 @@ def random_detection(rng) -> Detection:
     )
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 def test_rle_decodes_to_the_engines_mask_as_pycocotools_does():
     rng = np.random.default_rng(7)
     for _ in range(100):

@@ -50,7 +50,7 @@ def site(tmp_path_factory):
     port = free_port()
     web = start_web(data_dir, port)
     try:
-        yield f"http://127.0.0.1:{port}", job_id
+        yield f"http://127.0.0.1:{port}", job_id, data_dir, env
     finally:
         web.terminate()
         web.wait(10)
@@ -59,7 +59,7 @@ def site(tmp_path_factory):
 def open_job(browser, site, user="alice", **context):
     from bench.viewer import signed_in_page
 
-    base, job_id = site
+    base, job_id = site[:2]
     page = signed_in_page(browser, base, user=user, **context)
     page.set_default_timeout(15_000)
     page.goto(f"{base}/jobs/{job_id}/")
@@ -181,7 +181,7 @@ def test_the_keyboard_steps_through_instances_and_toggles_the_overlay(browser, s
 
 
 def test_the_threshold_is_saved_and_survives_a_reload(browser, site):
-    base, job_id = site
+    base, job_id = site[:2]
     page = open_job(browser, site)
     set_threshold(page, 0.7)
     page.wait_for_selector('#viewer[data-saved="0.7"]')
@@ -202,7 +202,7 @@ def test_the_threshold_is_saved_and_survives_a_reload(browser, site):
 def test_another_user_can_neither_see_nor_change_the_threshold(browser, site):
     from bench.viewer import signed_in_page
 
-    base, job_id = site
+    base, job_id = site[:2]
     page = signed_in_page(browser, base, user="bob")
     assert page.goto(f"{base}/jobs/{job_id}/").status == 404
     csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
@@ -231,4 +231,40 @@ def test_the_page_fits_a_phone_without_wrapping_the_navigation(browser, site):
     assert not page.locator(".col-box").first.is_visible()  # no one-number-per-line column
     page.locator("#detections tbody tr:not([hidden])").first.tap()
     assert page.evaluate("() => window.segwebViewer.pinned !== null")
+    page.close()
+
+
+def test_history_shows_a_job_finishing_without_a_reload(browser, site):
+    from bench.viewer import signed_in_page
+    from tests.photos import COFFEE
+
+    base, _, data_dir, env = site
+    page = signed_in_page(browser, base)
+    page.set_default_timeout(15_000)
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    created = page.request.post(
+        f"{base}/api/jobs/",
+        multipart={"image": {"name": "coffee.png", "mimeType": "image/png",
+                             "buffer": COFFEE.read_bytes()}},
+        headers={"X-CSRFToken": csrf, "Referer": f"{base}/jobs/"},
+    )  # fmt: skip
+    assert created.status == 201, created.text()
+    job_id = created.json()["id"]
+    page.goto(f"{base}/jobs/")
+    card = page.locator(f'.job-card[data-job="{job_id}"]')
+    assert card.locator("[data-badge]").inner_text().lower() == "queued"
+    page.evaluate("window.__notReloaded = true")
+    requests_made: list[str] = []
+    page.on("request", lambda r: requests_made.append(r.url))
+
+    subprocess.run(
+        [sys.executable, "bench/viewer.py", "--finish", str(data_dir), job_id, "--instances", "3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    card.locator("[data-badge].succeeded").wait_for()
+    assert page.evaluate("window.__notReloaded === true")
+    assert card.locator(".chip").count() >= 1
+    assert "?v=" in card.locator("img.thumb").get_attribute("src")
+    polls = [u for u in requests_made if "/api/jobs/?" in u]
+    assert polls and all(f"id={job_id}" in u for u in polls)  # one request for the page
     page.close()
