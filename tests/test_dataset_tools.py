@@ -21,7 +21,10 @@ from segmentation import datasets, polygons, services
 from segmentation.inference.coco import COCO_LABELS
 from tests.factories import create_job
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # pycocotools
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATUMARO = ROOT / ".venv-datumaro" / "bin" / "python"

@@ -21,7 +21,10 @@ from segmentation.models import Export
 from tests.conftest import stored_files
 from tests.factories import create_job, fail, succeed
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # pycocotools
+]
 
 
 def api(user) -> APIClient:
