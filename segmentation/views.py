@@ -128,7 +128,10 @@ def _upload_context(form: UploadForm, **extra) -> dict:
 def job_list(request: HttpRequest) -> HttpResponse:
     """The history: the API's job filters (one FilterSet), the class facets, the export form."""
     mine = Job.objects.for_user(request.user).filter(owner=request.user).only(*_CARD_FIELDS)
-    filters = JobFilter(request.GET, queryset=mine, request=request)
+    query = request.GET.copy()
+    for key in [k for k in query if not any(query.getlist(k))]:
+        del query[key]  # the form's "Any status" and an empty search are no filter here
+    filters = JobFilter(query, queryset=mine, request=request)
     valid = filters.is_valid()
     if valid:
         page = Paginator(filters.job_page(), settings.SEGWEB["HISTORY_PAGE_SIZE"]).get_page(

@@ -86,7 +86,7 @@ def test_sign_in_upload_watch_it_finish_and_find_it_in_history(browser, segweb):
     page.select_option("#export-format", "coco")
     page.click("#export-button")
     page.locator("#export-download").wait_for(state="visible", timeout=120_000)
-    assert "Export ready: 1 job" in page.locator("#export-status").inner_text()
+    page.locator("#export-status", has_text="Export ready: 1 job.").wait_for()
     with page.expect_download() as download:
         page.click("#export-download")
     assert download.value.suggested_filename.startswith("segweb-coco-")

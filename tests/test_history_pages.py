@@ -29,7 +29,7 @@ def listed(html: str) -> set[str]:
 
 
 def test_the_search_field_finds_by_content_and_keeps_the_query(owner_client, history):
-    response = owner_client.get(reverse("job-list"), {"has": "person:2 dog"})
+    response = owner_client.get(reverse("job-list"), {"has": "person:2 dog", "status": ""})
     html = response.content.decode()
     assert listed(html) == {str(history["people and a dog"].pk)}
     assert 'name="has" id="search-has" value="person:2 dog"' in html
