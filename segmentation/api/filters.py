@@ -36,10 +36,13 @@ class JobFilter(django_filters.FilterSet):
     model = django_filters.CharFilter(field_name="model")
     created_after = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    collection = django_filters.UUIDFilter(
+        field_name="collection_id", help_text="Jobs of this collection."
+    )
 
     class Meta:
         model = Job
-        fields = ["label", "status", "model", "created_after", "created_before"]
+        fields = ["label", "status", "model", "created_after", "created_before", "collection"]
 
     def filter_label(self, queryset, name, value):
         return queryset.with_label(value)
