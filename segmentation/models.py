@@ -171,7 +171,7 @@ class CollectionQuerySet(models.QuerySet):
             jobs_running=models.Count("jobs", filter=Q(**{status: Job.Status.RUNNING})),
             jobs_done=models.Count("jobs", filter=Q(**{status: Job.Status.SUCCEEDED})),
             jobs_failed=models.Count("jobs", filter=Q(**{status: Job.Status.FAILED})),
-        )
+        ).order_by("-created_at")  # Meta.ordering does not apply to aggregating queries
 
 
 class Collection(models.Model):
