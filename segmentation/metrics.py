@@ -28,6 +28,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from .models import Job, RefusedUploadCount, WebhookAttempt, WebhookDelivery
 
@@ -103,7 +104,7 @@ def _durations() -> Iterator[Metric]:
         )
         family = HistogramMetricFamily(name, documentation, labels=["model"])
         for row in rows:
-            buckets = [(str(b), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS)]
+            buckets = [(floatToGoString(b), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS)]
             buckets.append(("+Inf", row["n"]))
             family.add_metric([row["model"]], buckets, sum_value=(row["total"] or 0) / 1000)
         yield family
