@@ -10,7 +10,7 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Queue
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -263,7 +263,10 @@ else:
         )
 # Webhook deliveries have a queue of their own, which every worker also consumes: they are not
 # stuck behind hundreds of queued photos, and a photo waits at most for one short delivery.
-CELERY_TASK_QUEUES = (Queue("celery"), Queue("webhooks"))
+CELERY_TASK_QUEUES = (
+    Queue("celery", Exchange("celery"), routing_key="celery"),
+    Queue("webhooks", Exchange("webhooks"), routing_key="webhooks"),
+)
 CELERY_TASK_ROUTES = {
     "segmentation.deliver_webhook": {"queue": "webhooks"},
     "segmentation.sweep_webhooks": {"queue": "webhooks"},
