@@ -13,10 +13,11 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db.models import F
 from django.utils import timezone
 
 from segmentation import outbound, services
-from segmentation.models import Collection, Webhook, WebhookAttempt, WebhookDelivery
+from segmentation.models import Collection, Job, Webhook, WebhookAttempt, WebhookDelivery
 from tests.api.test_jobs import api_client
 from tests.factories import create_job, fail, succeed
 
@@ -498,3 +499,29 @@ def test_the_deliveries_log_lists_every_attempt(alice, owner, hook, receiver, pu
     ]
     assert listed["attempt_log"][0]["error"] == "HTTP 500 Internal Server Error"
     assert WebhookAttempt.objects.count() == 2
+
+
+def test_a_job_the_sweep_fails_is_announced(owner, hook, published, commit):
+    job = create_job(owner)
+    services.job_claim(job_id=job.pk)
+    stale = timezone.now() - timedelta(hours=1)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=stale, attempts=F("attempt_limit"))
+    with commit():
+        assert services.jobs_sweep(publish=lambda _id: None)["failed"] == 1
+
+    (delivery,) = WebhookDelivery.objects.filter(pk__in=published)
+    assert delivery.payload["job"]["status"] == "failed"
+
+
+def test_cancelling_the_last_queued_jobs_finishes_the_collection(owner, hook, published, commit):
+    from tests.conftest import photo_upload
+
+    collection = services.collection_create_from_photos(
+        owner=owner, uploads=[photo_upload(), photo_upload()]
+    )
+    with commit():
+        assert services.collection_cancel(collection=collection) == 2
+
+    (delivery,) = WebhookDelivery.objects.filter(pk__in=published)
+    assert delivery.event == "collection.finished"
+    assert delivery.payload["collection"]["status"] == "failed"
