@@ -57,6 +57,14 @@ ERRORS = {
 }
 
 
+# A paginated list: a bad page_size, or a page past the end.
+PAGE_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="page_size is not 1 to 100."),
+    401: ERRORS[401],
+    404: OpenApiResponse(ErrorSerializer, description="No such page."),
+}
+
+
 class ServiceUnavailable(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "A backing service is unavailable; try again shortly."
@@ -281,7 +289,7 @@ class JobViewSet(
 @extend_schema_view(
     list=extend_schema(
         summary="Your collections, newest first",
-        responses={200: CollectionSerializer(many=True), 401: ERRORS[401]},
+        responses={200: CollectionSerializer(many=True), **PAGE_ERRORS},
     ),
     retrieve=extend_schema(
         summary="One collection and its progress",
@@ -405,7 +413,7 @@ class CollectionViewSet(
 
 @extend_schema_view(
     list=extend_schema(
-        summary="Your webhooks", responses={200: WebhookSerializer(many=True), 401: ERRORS[401]}
+        summary="Your webhooks", responses={200: WebhookSerializer(many=True), **PAGE_ERRORS}
     ),
     retrieve=extend_schema(summary="One webhook", responses={200: WebhookSerializer, **ERRORS}),
     destroy=extend_schema(summary="Delete a webhook", responses={204: None, **ERRORS}),
@@ -461,7 +469,7 @@ class WebhookViewSet(
 
     @extend_schema(
         summary="Deliveries to this webhook, newest first, with every attempt",
-        responses={200: WebhookDeliverySerializer(many=True), **ERRORS},
+        responses={200: WebhookDeliverySerializer(many=True), **ERRORS, **PAGE_ERRORS},
     )
     @action(detail=True, methods=["get"], url_name="deliveries")
     def deliveries(self, request, pk=None):
