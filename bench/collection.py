@@ -26,6 +26,7 @@ from pathlib import Path
 
 import requests
 from PIL import Image
+from requests.adapters import HTTPAdapter, Retry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -97,6 +98,9 @@ def main() -> None:
         with running_segweb(data_dir, **env) as base:
             port = int(base.rsplit(":", 1)[1])
             session = requests.Session()
+            # gunicorn closes idle keep-alive connections after 2 s: polls retry the race.
+            retry = Retry(total=5, backoff_factor=0.5, allowed_methods={"GET"})
+            session.mount("http://", HTTPAdapter(max_retries=retry))
             credentials = {"username": "alice", "password": PASSWORD}
             token = session.post(f"{base}/api/auth/token/", data=credentials).json()["token"]
             session.headers["Authorization"] = f"Token {token}"
@@ -120,6 +124,7 @@ def main() -> None:
             sampler.stop.set()
             sampler.join()
             assert response.status_code == 201, response.text[:500]
+            print(f"accepted in {accepted:.1f} s", file=sys.stderr, flush=True)
             body = response.json()
             url = body["url"]
             while not body["finished"]:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter, Retry
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic",
                   ".heif"}  # fmt: skip
@@ -70,6 +71,11 @@ class Api:
     def __init__(self, url: str, token: str | None = None) -> None:
         self.base = url.rstrip("/")
         self.session = requests.Session()
+        # A server may close an idle keep-alive connection just as it is reused (gunicorn after
+        # 2 s): reads are retried; uploads (POST) never are.
+        retry = Retry(total=4, backoff_factor=0.5, allowed_methods={"GET", "HEAD"})
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, HTTPAdapter(max_retries=retry))
         if token:
             self.session.headers["Authorization"] = f"Token {token}"
         self._schema: dict | None = None
