@@ -73,7 +73,7 @@ class Api:
         self.session = requests.Session()
         # A server may close an idle keep-alive connection just as it is reused (gunicorn after
         # 2 s): reads are retried; uploads (POST) never are.
-        retry = Retry(total=4, backoff_factor=0.5, allowed_methods={"GET", "HEAD"})
+        retry = Retry(total=3, connect=0, read=3, backoff_factor=0.2, allowed_methods={"GET"})
         for scheme in ("http://", "https://"):
             self.session.mount(scheme, HTTPAdapter(max_retries=retry))
         if token:
