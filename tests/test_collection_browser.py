@@ -59,8 +59,11 @@ def test_the_collection_page_shows_progress_live_and_fits_a_phone(browser, segwe
     badges = page.locator("#job-grid [data-role=status]").all_inner_texts()
     assert [b.lower() for b in badges] == ["succeeded", "succeeded"]
     assert "cup" in page.inner_text("#job-grid")
+    assert not page.is_visible("text=Cancel queued")  # nothing left to cancel
     # Nothing wider than the phone's screen.
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    wider = "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right"
+    wider += " > 390).map(e => e.tagName + '.' + e.className)"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(wider)
     assert errors == []
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=OUTPUT / "collection-page-phone.png", full_page=True)

@@ -114,11 +114,19 @@ def test_delete_asks_first_then_removes_everything(
     assert stored_files(private_storage) == []
 
 
-def test_a_failed_job_offers_retry(owner_client, collection):
-    fail(collection.jobs.first())
-    html = owner_client.get(reverse("collection-detail", args=[collection.pk])).content.decode()
-    assert "Retry failed" in html
-    assert "Cancel queued" in html
+def test_cancel_and_retry_are_offered_only_when_they_would_do_something(owner_client, collection):
+    def shown(html: str, count: str) -> bool:
+        form = re.search(rf'<form[^>]*data-shown-while="{count}"[^>]*>', html).group(0)
+        return "hidden" not in form
+
+    url = reverse("collection-detail", args=[collection.pk])
+    html = owner_client.get(url).content.decode()
+    assert shown(html, "queued") and not shown(html, "failed")
+    first, second = collection.jobs.all()
+    fail(first)
+    fail(second)
+    html = owner_client.get(url).content.decode()
+    assert shown(html, "failed") and not shown(html, "queued")
 
 
 # --- account: webhooks ----------------------------------------------------------------------

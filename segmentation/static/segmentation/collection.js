@@ -18,6 +18,10 @@
     bar.max = Math.max(progress.total, 1);
     bar.value = progress.done + progress.failed;
     bar.textContent = bar.value + " / " + progress.total;
+    // "Cancel queued" while some wait, "Retry failed" once some failed.
+    document.querySelectorAll("[data-shown-while]").forEach((form) => {
+      form.hidden = !progress[form.dataset.shownWhile];
+    });
   }
 
   function showJob(job) {
