@@ -347,8 +347,13 @@ def collection_cancel(request: HttpRequest, pk) -> HttpResponse:
 @login_required
 @require_POST
 def collection_retry(request: HttpRequest, pk) -> HttpResponse:
+    collection = _visible_collection(request, pk)
+    wait = job_rate_wait(request)
+    if wait is not None:
+        messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
+        return redirect("collection-detail", pk=pk)
     try:
-        count = services.collection_retry(collection=_visible_collection(request, pk))
+        count = services.collection_retry(collection=collection)
     except services.ModelNotRunning as exc:
         messages.error(request, str(exc))
     else:

@@ -172,6 +172,7 @@ def stop(make: subprocess.Popen, data_dir: Path, port: int) -> None:
         time.sleep(0.5)
     check(processes_of(data_dir) == [], f"left running: {processes_of(data_dir)}")
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no listener
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
@@ -183,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder with the photos")
     args = parser.parse_args(argv)
     photos = [args.photos / name for name in EXPECTED]
+    missing = [str(p) for p in photos if not p.is_file()]
+    if missing:
+        say(f"FAILED: missing photos: {', '.join(missing)}")
+        return 1
     data_dir = Path(tempfile.mkdtemp(prefix="segweb-smoke-"))
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SEGWEB_DATA_DIR": str(data_dir), "PORT": str(port)}
     log = data_dir / "make-run.log"
     say(f"make run on port {port}, data in {data_dir} (log: {log})")
@@ -196,30 +200,35 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     try:
-        say(f"/healthz answered after {wait_until_up(base, make, log):.1f} s")
-        create_user(env)
-        session = upload_through_the_form(base, photos[:2])
-        headers = {"Authorization": f"Token {api_token(base)}"}
-        with photos[2].open("rb") as f:
-            created = requests.post(
-                f"{base}/api/jobs/", headers=headers, timeout=120,
-                files={"image": (photos[2].name, f, "image/jpeg")}, data={"score_threshold": "0.5"},
-            )  # fmt: skip
-        check(created.status_code == 201, f"API upload answered {created.status_code}")
-        uploaded = time.monotonic()
-        jobs = wait_for_jobs(base, headers, EXPECTED)
-        say(f"3 jobs finished {time.monotonic() - uploaded:.1f} s after upload")
-        check_results(base, session, headers, jobs, EXPECTED)
+        run(f"http://127.0.0.1:{port}", env, make, log, photos)
         stop(make, data_dir, port)
-    except (SmokeFailure, requests.RequestException, KeyError, ValueError) as exc:
-        say(f"FAILED: {exc}")
+    except Exception as exc:  # noqa: BLE001 - whatever broke, say it and stop make run
+        say(f"FAILED: {type(exc).__name__}: {exc}")
         say(f"last lines of {log}:\n{log.read_text()[-4000:]}")
+        return 1
+    finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGINT)
             make.wait(timeout=90)
-        return 1
     say(f"passed in {time.monotonic() - started:.1f} s; nothing left running")
     return 0
+
+
+def run(base: str, env: dict, make: subprocess.Popen, log: Path, photos: list[Path]) -> None:
+    say(f"/healthz answered after {wait_until_up(base, make, log):.1f} s")
+    create_user(env)
+    session = upload_through_the_form(base, photos[:2])
+    headers = {"Authorization": f"Token {api_token(base)}"}
+    with photos[2].open("rb") as f:
+        created = requests.post(
+            f"{base}/api/jobs/", headers=headers, timeout=120,
+            files={"image": (photos[2].name, f, "image/jpeg")}, data={"score_threshold": "0.5"},
+        )  # fmt: skip
+    check(created.status_code == 201, f"API upload answered {created.status_code}")
+    uploaded = time.monotonic()
+    jobs = wait_for_jobs(base, headers, EXPECTED)
+    say(f"3 jobs finished {time.monotonic() - uploaded:.1f} s after upload")
+    check_results(base, session, headers, jobs, EXPECTED)
 
 
 if __name__ == "__main__":

@@ -322,7 +322,9 @@ class CollectionViewSet(
         return collections
 
     def get_throttles(self):
-        return [ScopedThrottle()] if self.action == "create" else []
+        # Like a job's retry, a collection's costs the workers: both count against the job rate
+        # (one request each until the rate is counted per photo).
+        return [ScopedThrottle()] if self.action in ("create", "retry") else []
 
     @extend_schema(
         request={"multipart/form-data": CollectionCreateSerializer},
@@ -397,6 +399,7 @@ class CollectionViewSet(
         request=None,
         responses={
             200: CountSerializer,
+            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
             503: OpenApiResponse(ErrorSerializer, description="Their model cannot run now."),
             **ERRORS,
         },

@@ -141,15 +141,21 @@ class Command(BaseCommand):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 part.wait(timeout=max(deadline - time.monotonic(), 0.1))
         # A part that died (or would not stop) can leave children behind: Celery's pool and
-        # beat outlive a killed worker process, and hold the queue and the schedule.
+        # beat outlive a killed worker process, and hold the queue and the schedule. Children of
+        # a part that stopped normally are let finish first.
+        self._wait_for_groups(parts, 5)
         for name, part in parts.items():
             if _group_alive(part.pid):
                 self.stderr.write(f"stopping what is left of segweb's {name}")
                 _kill_group(part.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_group_alive(p.pid) for p in parts.values()):
-            time.sleep(0.1)
+        self._wait_for_groups(parts, 5)
         for part in parts.values():
             _kill_group(part.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 part.wait(timeout=1)
+
+    @staticmethod
+    def _wait_for_groups(parts: dict[str, subprocess.Popen], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(_group_alive(p.pid) for p in parts.values()):
+            time.sleep(0.1)
