@@ -22,6 +22,14 @@ class _ChoiceField(_RejectBlank, fields.ChoiceField):
     pass
 
 
+class _UUIDField(_RejectBlank, forms.UUIDField):
+    pass
+
+
+class StrictUUIDFilter(django_filters.UUIDFilter):
+    field_class = _UUIDField
+
+
 class StrictIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = _DateTimeField
 
@@ -47,10 +55,11 @@ class JobFilter(django_filters.FilterSet):
     model = django_filters.CharFilter(field_name="model")
     created_after = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    collection = StrictUUIDFilter(field_name="collection_id", help_text="Jobs of this collection.")
 
     class Meta:
         model = Job
-        fields = ["id", "label", "status", "model", "created_after", "created_before"]
+        fields = ["id", "label", "status", "model", "created_after", "created_before", "collection"]
 
     def filter_label(self, queryset, name, value):
         return queryset.with_label(value)
