@@ -8,6 +8,7 @@ Slow work (storage, the model) stays outside database transactions.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import requests
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -26,15 +28,29 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Least
+from django.urls import reverse
 from django.utils import timezone
 
-from . import health
+from . import archives, health, outbound
 from .classes import class_rows, shown_classes
 from .inference import InferenceError, ModelUnavailableError
 from .inference.registry import AUTO
-from .models import MAX_ATTEMPTS, Detection, Export, Job, JobClass, ModelReport, UserClass
+from .models import (
+    MAX_ATTEMPTS,
+    Collection,
+    Detection,
+    Export,
+    Job,
+    JobClass,
+    ModelReport,
+    RefusedUploadCount,
+    UserClass,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from .uploads import THUMBNAIL_SIZE, UploadError, validate_threshold, validate_upload
 
 logger = logging.getLogger(__name__)
@@ -72,15 +88,20 @@ def job_create(
     upload: UploadedFile | None,
     score_threshold: object = None,
     model: str | None = None,
+    collection: Collection | None = None,
 ) -> Job:
     """Validate an upload, store it and its thumbnail, create the job, queue it on commit.
 
     Raises ``UploadError`` (bad input: 4xx) or ``StorageUnavailable`` (503). Either way nothing
     is left behind: no row, no file.
     """
-    threshold = validate_threshold(score_threshold)
-    model_name = model_for_new_job(model)
-    image = validate_upload(upload)
+    try:
+        threshold = validate_threshold(score_threshold)
+        model_name = model_for_new_job(model)
+        image = validate_upload(upload)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
     job_id = uuid.uuid4()
     folder = f"{owner.pk}/{job_id}"
     stored: list[str] = []
@@ -91,6 +112,7 @@ def job_create(
             job = Job.objects.create(
                 id=job_id,
                 owner=owner,
+                collection=collection,
                 image=stored[0],
                 thumbnail=stored[1],
                 original_filename=_clean_filename(upload.name),
@@ -119,7 +141,7 @@ def model_for_new_job(model: str | None) -> str:
     try:
         return health.resolve_model(model or AUTO)
     except ModelUnavailableError as exc:
-        raise UploadError(str(exc)) from exc
+        raise UploadError(str(exc), reason="bad_option") from exc
 
 
 def _clean_filename(name: str | None) -> str:
@@ -438,6 +460,7 @@ def job_succeed(
             raise IllegalTransition(f"job {job.pk} is no longer running here")
         Detection.objects.bulk_create(rows, batch_size=500)
         job_classes_sync(job_id=job.pk)
+        _announce_finished([job.pk])
 
 
 def job_fail(*, job: Job, message: str) -> bool:
@@ -447,6 +470,7 @@ def job_fail(*, job: Job, message: str) -> bool:
     ).update(status=Job.Status.FAILED, finished_at=timezone.now(), error=message[:2000])
     if updated:
         logger.info("job %s failed: %s", job.pk, message)
+        _announce_finished([job.pk])
     return bool(updated)
 
 
@@ -1007,6 +1031,472 @@ def exports_sweep(*, now=None) -> dict:
     return {"expired": len(expired), "published": len(unpublished)}
 
 
+# --- Collections ----------------------------------------------------------------------------
+
+
+class CollectionRefused(UploadError):
+    """Not one file of a collection could be made into a job; ``rejected`` says why for each."""
+
+    def __init__(self, message: str, rejected: list[dict]) -> None:
+        super().__init__(message, 400, reason="collection_empty")
+        self.rejected = rejected
+
+
+def collection_create_from_photos(
+    *,
+    owner: AbstractBaseUser,
+    uploads: list[UploadedFile],
+    name: str = "",
+    score_threshold: object = None,
+    model: str | None = None,
+) -> Collection:
+    """Several photos sent together: one job each (through ``job_create``), as one collection.
+
+    Files that are not acceptable photos are listed in ``rejected``; if none is acceptable the
+    whole request is refused (``CollectionRefused``) and nothing is kept.
+    """
+    threshold, model_name = _collection_options(score_threshold, model)
+    members = (archives.Member(archives.display_name(u.name or "photo"), upload=u) for u in uploads)
+    return _collection_fill(
+        owner=owner,
+        source=Collection.Source.UPLOAD,
+        name=_collection_name(name) or f"{len(uploads)} photos",
+        members=members,
+        threshold=threshold,
+        model_name=model_name,
+    )
+
+
+def collection_create_from_archive(
+    *,
+    owner: AbstractBaseUser,
+    archive: UploadedFile | None,
+    name: str = "",
+    score_threshold: object = None,
+    model: str | None = None,
+) -> Collection:
+    """The photos of one ZIP archive as one collection; see ``archives`` for what is refused.
+
+    A refused archive (``UploadError``: not a ZIP, too large, too many files, a zip bomb) or a
+    storage outage half-way (``StorageUnavailable``) leaves nothing behind.
+    """
+    threshold, model_name = _collection_options(score_threshold, model)
+    if archive is None:
+        raise UploadError(
+            "No archive was sent: attach a ZIP in the 'archive' field.", reason="missing"
+        )
+    try:
+        zip_file = archives.open_archive(archive)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
+    with zip_file:
+        stem = archives.display_name(os.path.basename(archive.name or "")).rsplit(".", 1)[0]
+        return _collection_fill(
+            owner=owner,
+            source=Collection.Source.ARCHIVE,
+            name=_collection_name(name) or stem or "archive",
+            members=archives.members(zip_file),
+            threshold=threshold,
+            model_name=model_name,
+        )
+
+
+def _collection_options(score_threshold: object, model: str | None) -> tuple[float, str]:
+    # Refused before any file is looked at: a bad option is the same for every photo.
+    try:
+        return validate_threshold(score_threshold), model_for_new_job(model)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
+
+
+def _collection_name(name: str | None) -> str:
+    return "".join(ch for ch in (name or "") if ch.isprintable()).strip()[:200]
+
+
+def _collection_fill(
+    *,
+    owner: AbstractBaseUser,
+    source: str,
+    name: str,
+    members: Iterable[archives.Member],
+    threshold: float,
+    model_name: str,
+) -> Collection:
+    # Each photo is its own short transaction (job_create) and is queued at once: workers start
+    # on the first photos while the last ones are still being checked, and no database lock is
+    # held for the whole archive. ``sealed_at`` is set at the end, so that the collection cannot
+    # be called finished while photos are still arriving.
+    collection = Collection.objects.create(owner=owner, name=name, source=source)
+    rejected: list[dict] = []
+    accepted = 0
+    try:
+        for member in members:
+            if member.rejected:
+                upload_refusal_count(reason="archive_member")
+                rejected.append({"name": member.name, "reason": member.rejected})
+                continue
+            try:
+                job_create(
+                    owner=owner,
+                    upload=member.upload,
+                    score_threshold=threshold,
+                    model=model_name,
+                    collection=collection,
+                )
+            except UploadError as exc:
+                rejected.append({"name": member.name, "reason": exc.message})
+            else:
+                accepted += 1
+    except BaseException:
+        collection_delete(collection=collection)
+        raise
+    if not accepted:
+        collection_delete(collection=collection)
+        reasons = "; ".join(f"{r['name']}: {r['reason']}" for r in rejected[:3])
+        more = f" (and {len(rejected) - 3} more)" if len(rejected) > 3 else ""
+        message = (
+            f"No photo could be accepted: {reasons}{more}." if rejected else "It has no files."
+        )
+        raise CollectionRefused(message, rejected)
+    Collection.objects.filter(pk=collection.pk).update(rejected=rejected, sealed_at=timezone.now())
+    collection_check_finished(collection_id=collection.pk)
+    collection.refresh_from_db()
+    return collection
+
+
+def collection_check_finished(*, collection_id: uuid.UUID) -> bool:
+    """Mark a sealed collection finished once none of its jobs is queued or running, exactly
+    once (a conditional UPDATE: two jobs finishing together cannot both do it), and tell its
+    owner's webhooks. True if this call finished it."""
+    unfinished = Job.objects.filter(
+        collection_id=OuterRef("pk"), status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
+    )
+    finished = (
+        Collection.objects.filter(
+            pk=collection_id, sealed_at__isnull=False, finished_at__isnull=True
+        )
+        .exclude(Exists(unfinished))
+        .update(finished_at=timezone.now())
+    )
+    if finished:
+        collection = Collection.objects.with_progress().get(pk=collection_id)
+        _webhooks_announce(
+            owner_id=collection.owner_id,
+            event=Webhook.Event.COLLECTION_FINISHED,
+            payload=_collection_payload(collection),
+        )
+    return bool(finished)
+
+
+def collection_cancel(*, collection: Collection) -> int:
+    """Fail the collection's queued jobs ("cancelled"); running ones finish. How many."""
+    cancelled = Job.objects.filter(collection=collection, status=Job.Status.QUEUED).update(
+        status=Job.Status.FAILED,
+        finished_at=timezone.now(),
+        error="Cancelled by its owner before it ran.",
+    )
+    collection_check_finished(collection_id=collection.pk)
+    return cancelled
+
+
+def collection_retry(*, collection: Collection) -> int:
+    """Retry the collection's failed (and cancelled) jobs with ``job_retry``; how many. The
+    collection finishes, and is announced, again.
+
+    Raises ``ModelNotRunning`` (503) before retrying anything when a failed job's model cannot
+    run on this server now.
+    """
+    failed = list(Job.objects.filter(collection=collection, status=Job.Status.FAILED))
+    for model in {job.model for job in failed}:
+        broken = health.broken_models().get(model)
+        if broken is not None:
+            raise ModelNotRunning(
+                f"The {model} model cannot run on this server right now ({broken}); "
+                "retry once an administrator has fixed it."
+            )
+    if failed:
+        Collection.objects.filter(pk=collection.pk).update(finished_at=None)
+    retried = 0
+    for job in failed:
+        try:
+            job_retry(job=job)
+        except IllegalTransition:
+            continue  # retried or deleted meanwhile
+        retried += 1
+    collection_check_finished(collection_id=collection.pk)
+    return retried
+
+
+def collection_delete(*, collection: Collection) -> None:
+    """Delete a collection, its jobs and, once that is committed, their files."""
+    rows = Job.objects.filter(collection=collection).values_list("image", "thumbnail", "overlay")
+    with transaction.atomic():
+        names = [name for row in rows for name in row]
+        for job_id in Job.objects.filter(collection=collection).values_list("pk", flat=True):
+            job_classes_sync(job_id=job_id, deleting=True)  # their share of the summary goes
+        Job.objects.filter(collection=collection).delete()
+        Collection.objects.filter(pk=collection.pk).delete()
+        transaction.on_commit(lambda: _delete_files(names))
+
+
+# --- Webhooks -------------------------------------------------------------------------------
+
+MAX_WEBHOOKS_PER_USER = 10
+DELIVERY_MAX_ATTEMPTS = 5
+# Retries 30 s, 2 min, 8 min and 32 min after a failed attempt (published by webhooks_sweep
+# every 15 s: the first retry comes within a minute), then the delivery is marked failed.
+DELIVERY_FIRST_RETRY = timedelta(seconds=30)
+DELIVERY_BACKOFF_FACTOR = 4
+# A claimed attempt not recorded by then (its worker died) is due again.
+DELIVERY_LEASE = timedelta(seconds=90)
+
+
+class InvalidWebhook(Exception):
+    """A webhook we refuse to create (bad URL or events, too many): a 400 with this message."""
+
+
+def webhook_create(*, owner: AbstractBaseUser, url: str, events: list[str]) -> Webhook:
+    """Register a URL for the owner's events; its signing secret is generated here."""
+    url = (url or "").strip()
+    if not url or len(url) > 2000:
+        raise InvalidWebhook("Give the URL to POST to (at most 2000 characters).")
+    wanted = sorted(set(events or []))
+    unknown = [e for e in wanted if e not in Webhook.Event.values]
+    if not wanted or unknown:
+        raise InvalidWebhook(
+            f"events must be a non-empty list of {', '.join(Webhook.Event.values)}"
+            + (f"; unknown: {', '.join(map(str, unknown))}." if unknown else ".")
+        )
+    try:
+        outbound.check_url(url, allow_loopback=settings.SEGWEB["WEBHOOK_ALLOW_LOOPBACK"])
+    except outbound.DestinationRefused as exc:
+        raise InvalidWebhook(str(exc)) from exc
+    with transaction.atomic():
+        if Webhook.objects.filter(owner=owner).count() >= MAX_WEBHOOKS_PER_USER:
+            raise InvalidWebhook(f"At most {MAX_WEBHOOKS_PER_USER} webhooks per user.")
+        return Webhook.objects.create(owner=owner, url=url, events=wanted)
+
+
+def webhook_delete(*, webhook: Webhook) -> None:
+    """Delete a webhook with its deliveries; a delivery in flight is not recorded."""
+    Webhook.objects.filter(pk=webhook.pk).delete()
+
+
+def _announce_finished(job_ids: list) -> None:
+    # The one hook of job completion: after the commit, and never able to fail the job.
+    ids = list(job_ids)
+    transaction.on_commit(lambda: jobs_finished_announce(job_ids=ids), robust=True)
+
+
+def jobs_finished_announce(*, job_ids: Iterable[uuid.UUID]) -> None:
+    """Tell webhooks that these jobs finished, and finish the collections they complete."""
+    jobs = Job.objects.filter(pk__in=list(job_ids), status__in=Job.FINISHED)
+    for job in jobs:
+        _webhooks_announce(
+            owner_id=job.owner_id, event=Webhook.Event.JOB_FINISHED, payload=_job_payload(job)
+        )
+        if job.collection_id:
+            collection_check_finished(collection_id=job.collection_id)
+
+
+def _webhooks_announce(*, owner_id: int, event: str, payload: dict) -> None:
+    hooks = [h for h in Webhook.objects.filter(owner_id=owner_id) if event in h.events]
+    if not hooks:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        deliveries = WebhookDelivery.objects.bulk_create(
+            WebhookDelivery(webhook=h, event=event, payload=payload, next_attempt_at=now)
+            for h in hooks
+        )
+        for delivery in deliveries:
+            transaction.on_commit(lambda pk=delivery.pk: _publish_delivery(pk))
+
+
+def _link(view_name: str, *args) -> str:
+    return settings.SEGWEB["PUBLIC_URL"] + reverse(view_name, args=args)
+
+
+def _job_payload(job: Job) -> dict:
+    labels = sorted(set(job.detections.values_list("label", flat=True)))
+    return {
+        "event": Webhook.Event.JOB_FINISHED,
+        "job": {
+            "id": str(job.pk),
+            "status": job.status,
+            "original_filename": job.original_filename,
+            "collection": str(job.collection_id) if job.collection_id else None,
+            "model": job.model,
+            "labels": labels,
+            "detections": job.detections.count(),
+            "error": job.error,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "url": _link("api-job-detail", job.pk),
+            "page_url": _link("job-detail", job.pk),
+        },
+    }
+
+
+def _collection_payload(collection: Collection) -> dict:
+    progress = collection.progress
+    if progress["failed"] == 0:
+        status = "succeeded"
+    elif progress["done"] == 0:
+        status = "failed"
+    else:
+        status = "partial"
+    return {
+        "event": Webhook.Event.COLLECTION_FINISHED,
+        "collection": {
+            "id": str(collection.pk),
+            "name": collection.name,
+            "status": status,
+            "progress": progress,
+            "rejected": len(collection.rejected),
+            "url": _link("api-collection-detail", collection.pk),
+            "page_url": _link("collection-detail", collection.pk),
+            "jobs_url": settings.SEGWEB["PUBLIC_URL"] + collection.jobs_path,
+        },
+    }
+
+
+def _publish_delivery(delivery_id: uuid.UUID) -> None:
+    from .tasks import deliver_webhook
+
+    try:
+        deliver_webhook.apply_async(
+            args=[str(delivery_id)],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        )
+    except Exception:  # noqa: BLE001 - broker down: webhooks_sweep publishes it later
+        logger.warning("queue: cannot publish delivery %s now; the sweep will", delivery_id)
+
+
+def webhook_delivery_attempt(*, delivery_id: uuid.UUID | str) -> WebhookAttempt | None:
+    """Claim a due delivery, POST it once (signed), and record the attempt and what follows:
+    delivered, due again after a backoff, or failed for good. None if it was not due here."""
+    now = timezone.now()
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+    ).update(attempts=F("attempts") + 1, next_attempt_at=now + DELIVERY_LEASE)
+    if not claimed:
+        return None
+    delivery = WebhookDelivery.objects.select_related("webhook").get(pk=delivery_id)
+    webhook = delivery.webhook
+    timestamp = int(time.time())
+    # The timestamp is in the signed body (and repeated in a header): a receiver that refuses
+    # old timestamps refuses replays, and nobody can change it without the secret.
+    body = json.dumps(
+        {**delivery.payload, "delivery": str(delivery.pk), "timestamp": timestamp},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Segweb-Event": delivery.event,
+        "X-Segweb-Delivery": str(delivery.pk),
+        "X-Segweb-Timestamp": str(timestamp),
+        "X-Segweb-Signature": outbound.sign(body, webhook.secret),
+    }
+    started = time.perf_counter()
+    http_status, error = None, ""
+    try:  # outside any transaction: the receiver may take seconds
+        answer = outbound.post(
+            webhook.url, body, headers, allow_loopback=settings.SEGWEB["WEBHOOK_ALLOW_LOOPBACK"]
+        )
+    except outbound.DestinationRefused as exc:
+        outcome, error = WebhookAttempt.Outcome.REFUSED, str(exc)
+    except requests.RequestException as exc:
+        outcome, error = WebhookAttempt.Outcome.NETWORK_ERROR, _describe_network_error(exc)
+    else:
+        http_status = answer.status
+        if 200 <= answer.status < 300:
+            outcome = WebhookAttempt.Outcome.SUCCESS
+        else:
+            outcome = WebhookAttempt.Outcome.HTTP_ERROR
+            error = f"HTTP {answer.status} {answer.reason}".strip()
+            if 300 <= answer.status < 400:
+                error += " (redirects are not followed)"
+    duration_ms = round((time.perf_counter() - started) * 1000)
+    done = timezone.now()
+    if outcome == WebhookAttempt.Outcome.SUCCESS:
+        update = {"status": WebhookDelivery.Status.DELIVERED, "next_attempt_at": None,
+                  "finished_at": done}  # fmt: skip
+    elif delivery.attempts >= DELIVERY_MAX_ATTEMPTS:
+        update = {"status": WebhookDelivery.Status.FAILED, "next_attempt_at": None,
+                  "finished_at": done}  # fmt: skip
+    else:
+        backoff = DELIVERY_FIRST_RETRY * DELIVERY_BACKOFF_FACTOR ** (delivery.attempts - 1)
+        update = {"next_attempt_at": done + backoff}
+    with transaction.atomic():
+        current = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=WebhookDelivery.Status.PENDING, attempts=delivery.attempts
+        ).update(**update)
+        if not current:  # the webhook was deleted meanwhile (or the lease ran out)
+            return None
+        return WebhookAttempt.objects.create(
+            delivery=delivery,
+            number=delivery.attempts,
+            at=now,
+            outcome=outcome,
+            http_status=http_status,
+            error=error[:2000],
+            duration_ms=duration_ms,
+        )
+
+
+def _describe_network_error(exc: Exception) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "No answer within the timeout."
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error: the certificate could not be verified."
+    if isinstance(exc, requests.ConnectionError):
+        return "Could not connect."
+    return f"Request failed ({type(exc).__name__})."
+
+
+def webhooks_sweep(*, publish: Callable[[uuid.UUID], None] | None = None) -> int:
+    """Publish deliveries whose retry is due (or whose first message was lost). Beat runs it
+    every 15 s; a duplicate message is harmless, only one claim succeeds."""
+    now = timezone.now()
+    publish = publish or _publish_delivery
+    due = list(
+        WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+        )
+        .filter(Q(attempts__gt=0) | Q(created_at__lt=now - timedelta(seconds=5)))
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:500]
+    )
+    for delivery_id in due:
+        publish(delivery_id)
+    return len(due)
+
+
+# --- Counters for /metrics ------------------------------------------------------------------
+
+
+def upload_refusal_count(*, reason: str) -> None:
+    """Count one refused photo (or archive) by reason, in the database that every web process
+    shares. Counting never changes the answer: a database error here is only logged."""
+    for _ in range(2):
+        try:
+            with transaction.atomic():
+                if not RefusedUploadCount.objects.filter(reason=reason).update(
+                    count=F("count") + 1
+                ):
+                    RefusedUploadCount.objects.create(reason=reason, count=1)
+            return
+        except IntegrityError:
+            continue  # another process created the row first: add to it
+        except DatabaseError:
+            break
+    logger.warning("metrics: refusal not counted (%s)", reason)
+
+
 # --- Keeping the queue honest ---------------------------------------------------------------
 
 
@@ -1022,14 +1512,20 @@ def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) 
     now = now or timezone.now()
     publish = publish or _publish
     stale = Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
-    failed = stale.filter(attempts__gte=F("attempt_limit")).update(
-        status=Job.Status.FAILED,
-        finished_at=now,
-        error=(
-            f"The worker processing this photo stopped unexpectedly ({MAX_ATTEMPTS} attempts). "
-            "It may be too large or unusual for this server."
-        ),
-    )
+    failed_ids = []
+    for job_id in stale.filter(attempts__gte=F("attempt_limit")).values_list("pk", flat=True)[:500]:
+        if stale.filter(pk=job_id).update(
+            status=Job.Status.FAILED,
+            finished_at=now,
+            error=(
+                f"The worker processing this photo stopped unexpectedly ({MAX_ATTEMPTS} "
+                "attempts). It may be too large or unusual for this server."
+            ),
+        ):
+            failed_ids.append(job_id)
+    failed = len(failed_ids)
+    if failed_ids:
+        _announce_finished(failed_ids)
     requeued_ids = list(stale.filter(attempts__lt=F("attempt_limit")).values_list("pk", flat=True))
     requeued = Job.objects.filter(pk__in=requeued_ids, status=Job.Status.RUNNING).update(
         status=Job.Status.QUEUED, enqueued_at=None, heartbeat_at=None, started_at=None

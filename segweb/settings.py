@@ -10,6 +10,7 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -224,7 +225,24 @@ SEGWEB = {
     # A job's masks or cut-outs are drawn in the web request when (instances x megapixels)
     # stays under this; larger jobs go through POST /api/exports/.
     "DIRECT_EXPORT_MAX_MEGAPIXELS": env.int("SEGWEB_DIRECT_EXPORT_MAX_MEGAPIXELS", default=1000),
+    # Collections: one ZIP (or one request of several photos) becomes many jobs. Each photo is
+    # still checked against MAX_UPLOAD_BYTES and MAX_PIXELS; these bound the archive itself.
+    "ARCHIVE_MAX_BYTES": int(env.float("SEGWEB_ARCHIVE_MAX_MB", default=1024) * 1024 * 1024),
+    "ARCHIVE_MAX_MEMBERS": env.int("SEGWEB_ARCHIVE_MAX_FILES", default=500),
+    "ARCHIVE_MAX_TOTAL_BYTES": int(
+        env.float("SEGWEB_ARCHIVE_MAX_TOTAL_MB", default=2048) * 1024 * 1024
+    ),
+    # Webhooks: links in their bodies start with this (e.g. https://segweb.example.com); empty,
+    # they are paths. Loopback destinations are for tests and one-machine set-ups only.
+    "PUBLIC_URL": env.str("SEGWEB_PUBLIC_URL", default="").rstrip("/"),
+    "WEBHOOK_ALLOW_LOOPBACK": env.bool("SEGWEB_WEBHOOK_ALLOW_LOOPBACK", default=False),
+    "WEBHOOK_SWEEP_SECONDS": 15,  # retries are published by this sweep when they fall due
+    # GET /metrics answers only with "Authorization: Bearer <this>"; empty, it is a 404.
+    "METRICS_TOKEN": env.str("SEGWEB_METRICS_TOKEN", default=""),
 }
+# Several photos in one form post or API request (a collection): Django's own cap on the
+# number of files, raised to the collection limit (Label Studio users hit its default of 100).
+DATA_UPLOAD_MAX_NUMBER_FILES = SEGWEB["ARCHIVE_MAX_MEMBERS"]
 if SEGWEB["STALE_AFTER_SECONDS"] < 3 * SEGWEB["HEARTBEAT_SECONDS"]:
     # Otherwise one late heartbeat (a busy database) would have a healthy job run twice.
     raise ImproperlyConfigured(
@@ -258,6 +276,16 @@ else:
             # Several segweb instances (or test runs) can share one Redis: each prefixes its keys.
             global_keyprefix=env.str("SEGWEB_REDIS_KEY_PREFIX", default=""),
         )
+# Webhook deliveries have a queue of their own, which every worker also consumes: they are not
+# stuck behind hundreds of queued photos, and a photo waits at most for one short delivery.
+CELERY_TASK_QUEUES = (
+    Queue("celery", Exchange("celery"), routing_key="celery"),
+    Queue("webhooks", Exchange("webhooks"), routing_key="webhooks"),
+)
+CELERY_TASK_ROUTES = {
+    "segmentation.deliver_webhook": {"queue": "webhooks"},
+    "segmentation.sweep_webhooks": {"queue": "webhooks"},
+}
 CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not in a result backend
 CELERY_TASK_ACKS_LATE = True  # a job whose worker dies is delivered again
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -291,6 +319,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "segmentation.sweep_exports",
         "schedule": 300,
         "options": {"expires": 300},
+    },
+    # Publishes webhook deliveries whose retry is due (services.webhooks_sweep).
+    "sweep-webhooks": {
+        "task": "segmentation.sweep_webhooks",
+        "schedule": SEGWEB["WEBHOOK_SWEEP_SECONDS"],
+        "options": {"expires": SEGWEB["WEBHOOK_SWEEP_SECONDS"]},
     },
 }
 

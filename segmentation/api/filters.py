@@ -25,6 +25,14 @@ class _ChoiceField(_RejectBlank, fields.ChoiceField):
     pass
 
 
+class _UUIDField(_RejectBlank, forms.UUIDField):
+    pass
+
+
+class StrictUUIDFilter(django_filters.UUIDFilter):
+    field_class = _UUIDField
+
+
 class StrictIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = _DateTimeField
 
@@ -75,6 +83,7 @@ _ON_CLASS_ROWS = {
     "created_after": "created_at__gte",
     "created_before": "created_at__lte",
     "model": "job__model",
+    "collection": "job__collection_id",
 }
 
 
@@ -102,11 +111,12 @@ class JobFilter(django_filters.FilterSet):
     model = django_filters.CharFilter(field_name="model")
     created_after = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    collection = StrictUUIDFilter(field_name="collection_id", help_text="Jobs of this collection.")
 
     class Meta:
         model = Job
         fields = ["id", "label", "has", "min_score", "status", "model", "created_after",
-                  "created_before"]  # fmt: skip
+                  "created_before", "collection"]  # fmt: skip
 
     def __init__(self, *args, owner=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

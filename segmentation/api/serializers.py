@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import files
-from ..models import Detection, Export, Job
+from ..models import Collection, Detection, Export, Job, Webhook, WebhookAttempt, WebhookDelivery
 from ..results import summarise
 
 THRESHOLD_MESSAGE = "score_threshold must be a number between 0 and 1."
@@ -273,3 +273,94 @@ class ExportCreatedSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     status = serializers.CharField()
     url = serializers.URLField()
+
+
+class CollectionCreateSerializer(JobOptionsSerializer):
+    """Schema of ``POST /api/collections/``: one ZIP in ``archive``, or photos in ``images``."""
+
+    archive = serializers.FileField(
+        required=False, help_text="A ZIP of photos; each photo in it becomes a job."
+    )
+    images = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        help_text="Several photos (repeat the field); each becomes a job.",
+    )
+    name = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, help_text="Default: the ZIP's name."
+    )
+
+
+class ProgressSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    done = serializers.IntegerField(help_text="Succeeded.")
+    failed = serializers.IntegerField(help_text="Failed or cancelled.")
+
+
+class RejectedFileSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The file's name (its path inside a ZIP).")
+    reason = serializers.CharField()
+
+
+class CollectionSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="api-collection-detail")
+    progress = ProgressSerializer(read_only=True)
+    finished = serializers.BooleanField(source="is_finished", read_only=True)
+    rejected = RejectedFileSerializer(many=True, read_only=True)
+    jobs_url = serializers.SerializerMethodField(help_text="Its jobs: GET /api/jobs/?collection=")
+
+    class Meta:
+        model = Collection
+        fields = ["id", "url", "name", "source", "created_at", "finished", "finished_at",
+                  "progress", "rejected", "jobs_url"]  # fmt: skip
+
+    def get_jobs_url(self, collection: Collection) -> str:
+        return self.context["request"].build_absolute_uri(collection.jobs_path)
+
+
+class CountSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="How many jobs this changed.")
+
+
+class WebhookCreateSerializer(serializers.Serializer):
+    url = serializers.CharField(max_length=2000, help_text="http(s) URL on a public address.")
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=Webhook.Event.values),
+        allow_empty=False,
+        help_text="Events to receive.",
+    )
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    deliveries_url = serializers.HyperlinkedIdentityField(view_name="api-webhook-deliveries")
+    events = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = Webhook
+        fields = ["id", "url", "events", "created_at", "deliveries_url"]
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(
+        help_text="Key of the X-Segweb-Signature HMAC; shown only in this answer."
+    )
+
+    class Meta(WebhookSerializer.Meta):
+        fields = [*WebhookSerializer.Meta.fields, "secret"]
+
+
+class WebhookAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookAttempt
+        fields = ["number", "at", "outcome", "http_status", "error", "duration_ms"]
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    attempt_log = WebhookAttemptSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "event", "status", "attempts", "next_attempt_at", "created_at",
+                  "finished_at", "payload", "attempt_log"]  # fmt: skip

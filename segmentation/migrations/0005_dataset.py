@@ -19,7 +19,7 @@ def count_classes_of_existing_jobs(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("segmentation", "0002_threshold"),
+        ("segmentation", "0004_threshold"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -14,7 +14,7 @@ def existing_jobs_kept_their_threshold(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("segmentation", "0002_model_reports_retry"),
+        ("segmentation", "0003_collections_webhooks"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
