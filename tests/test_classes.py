@@ -135,3 +135,18 @@ def test_the_migration_backfill_counts_jobs_made_before_it(owner):
     services.class_counts_rebuild()
     assert summary(owner) == {"dog": 1, "cat": 1}
     assert JobClass.objects.count() == 2
+
+
+def test_deleting_a_collection_takes_its_jobs_out_of_the_summary(owner):
+    from tests.conftest import photo_upload
+
+    collection = services.collection_create_from_photos(
+        owner=owner, uploads=[photo_upload(), photo_upload()], score_threshold=0.5
+    )
+    for job in collection.jobs.all():
+        succeed(job, labels=("dog",))
+    succeed(create_job(owner), labels=("dog",))
+    assert summary(owner) == {"dog": 3}
+    services.collection_delete(collection=collection)
+    assert summary(owner) == {"dog": 1}
+    assert_matches_a_rebuild()

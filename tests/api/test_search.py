@@ -147,3 +147,24 @@ def test_conditions_read_back_from_their_text():
     text = search.format_conditions(conditions)
     assert text == "person:2 dog:2 traffic_light:3"
     assert search.parse_conditions([text]) == conditions
+
+
+def test_a_collection_is_searched_and_exported_by_content(owner, monkeypatch):
+    from tests.conftest import photo_upload
+
+    collection = services.collection_create_from_photos(
+        owner=owner, uploads=[photo_upload(), photo_upload()], score_threshold=0.5
+    )
+    dog, cat = collection.jobs.order_by("created_at")
+    succeed(dog, labels=("dog",))
+    succeed(cat, labels=("cat",))
+    succeed(create_job(owner), labels=("dog",))  # not in the collection
+    assert found(api(owner), f"collection={collection.pk}&has=dog") == {str(dog.pk)}
+    monkeypatch.setattr(services, "_publish_export", lambda export_id: None)
+    response = api(owner).post(
+        "/api/exports/",
+        {"format": "coco", "filters": {"collection": str(collection.pk), "has": ["dog"]}},
+        format="json",
+    )
+    assert response.status_code == 202
+    assert api(owner).get(response.json()["url"]).json()["progress"]["total"] == 1
