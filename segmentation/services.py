@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from .inference import InferenceError, ModelUnavailableError, resolve_model_name
 from .inference.registry import AUTO
+from .inference.runtime import requested_precision
 from .models import Detection, Job
 from .uploads import UploadError, validate_threshold, validate_upload
 
@@ -62,6 +63,7 @@ def job_create(
     upload: UploadedFile | None,
     score_threshold: object = None,
     model: str | None = None,
+    precision: str | None = None,
 ) -> Job:
     """Validate an upload, store it and its thumbnail, create the job, queue it on commit.
 
@@ -70,6 +72,7 @@ def job_create(
     """
     threshold = validate_threshold(score_threshold)
     model_name = model_for_new_job(model)
+    job_precision = precision_for_new_job(precision)
     image = validate_upload(upload)
     job_id = uuid.uuid4()
     folder = f"{owner.pk}/{job_id}"
@@ -89,6 +92,7 @@ def job_create(
                 width=image.width,
                 height=image.height,
                 model=model_name,
+                precision=job_precision,
                 score_threshold=threshold,
             )
             job_enqueue(job=job)
@@ -104,6 +108,24 @@ def model_for_new_job(model: str | None) -> str:
         return resolve_model_name(model or AUTO)
     except ModelUnavailableError as exc:
         raise UploadError(str(exc)) from exc
+
+
+def precision_for_new_job(precision: str | None) -> str:
+    """The precision a new job asks for: the server's (``SEGWEB_PRECISION``), or the user's when
+    ``SEGWEB_PRECISION_PER_JOB`` allows it (400 otherwise, or for an unknown one)."""
+    try:
+        default = requested_precision()
+        if not precision:
+            return default
+        chosen = requested_precision(precision)
+    except ModelUnavailableError as exc:
+        raise UploadError(str(exc).replace(" (SEGWEB_PRECISION)", "")) from exc
+    if chosen != default and not settings.SEGWEB["PRECISION_PER_JOB"]:
+        raise UploadError(
+            f"This server runs every job at {default}: choosing the precision is not enabled "
+            "(SEGWEB_PRECISION_PER_JOB)."
+        )
+    return chosen
 
 
 def _clean_filename(name: str | None) -> str:
@@ -199,6 +221,7 @@ def job_run(*, job_id: uuid.UUID | str) -> None:
             detections=result.detections,
             overlay=overlay_name,
             runtime=result.runtime,
+            precision=result.precision,
             inference_ms=result.inference_ms,
             total_ms=round((time.perf_counter() - started) * 1000),
         )
@@ -224,6 +247,7 @@ class _Result:
     detections: list
     overlay_png: ContentFile
     runtime: str
+    precision: str
     inference_ms: int
 
 
@@ -237,14 +261,22 @@ def _segment(job: Job) -> _Result:
         logger.exception("job %s: cannot read %s", job.pk, job.image.name)
         raise StorageUnavailable("The uploaded photo could not be read from storage.") from exc
     image = load_image(data, max_pixels=settings.SEGWEB["MAX_PIXELS"])
-    segmenter = load_segmenter(job.model)
+    # build_export: a missing OpenVINO export is built in the background meanwhile (torch runs
+    # this job); the first job after it is installed runs on it.
+    segmenter = load_segmenter(job.model, precision=job.precision, build_export=True)
     started = time.perf_counter()
     detections = segmenter.predict(image, score_threshold=job.score_threshold)
     inference_ms = round((time.perf_counter() - started) * 1000)
     buffer = io.BytesIO()
     # compress_level=1: 4x faster than the default on a 12 MP overlay, for ~20% more bytes.
     render_overlay(image, detections).save(buffer, "PNG", compress_level=1)
-    return _Result(detections, ContentFile(buffer.getvalue()), segmenter.runtime, inference_ms)
+    return _Result(
+        detections,
+        ContentFile(buffer.getvalue()),
+        segmenter.runtime,
+        segmenter.precision,
+        inference_ms,
+    )
 
 
 class _Heartbeat:
@@ -288,6 +320,7 @@ def job_succeed(
     runtime: str,
     inference_ms: int,
     total_ms: int,
+    precision: str = "fp32",
 ) -> None:
     """Record a finished job and its detections atomically (RUNNING -> SUCCEEDED)."""
     rows = [
@@ -313,6 +346,7 @@ def job_succeed(
             finished_at=timezone.now(),
             overlay=overlay,
             runtime=runtime,
+            precision=precision,
             inference_ms=inference_ms,
             total_ms=total_ms,
             error="",
@@ -333,11 +367,12 @@ def job_fail(*, job: Job, message: str) -> bool:
 
 
 def warm_up_worker() -> None:
-    """Load the default model now (in a new worker process) so the first job is not slower."""
+    """Load the default model now (in a new worker process) so the first job is not slower, and
+    start building its OpenVINO export in the background if it has none."""
     from .inference import load_segmenter
 
     try:
-        load_segmenter(AUTO)
+        load_segmenter(AUTO, build_export=True)
     except InferenceError as exc:
         logger.error("worker: default model cannot load: %s", exc)
 

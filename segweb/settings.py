@@ -197,6 +197,8 @@ SEGWEB = {
     "MAX_UPLOAD_BYTES": int(env.float("SEGWEB_MAX_UPLOAD_MB", default=25) * 1024 * 1024),
     "MAX_PIXELS": int(env.float("SEGWEB_MAX_MEGAPIXELS", default=40) * 1_000_000),
     "DEFAULT_THRESHOLD": env.float("SEGWEB_DEFAULT_THRESHOLD", default=0.5),
+    # Whether users may pick a job's precision (fp32, int8); else every job gets SEGWEB_PRECISION.
+    "PRECISION_PER_JOB": env.bool("SEGWEB_PRECISION_PER_JOB", default=False),
     "JOB_TIME_LIMIT": env.int("SEGWEB_JOB_TIME_LIMIT", default=600),  # seconds
     "HISTORY_PAGE_SIZE": 24,
     # Recovery of jobs a dead worker or a lost message left behind (services.jobs_sweep). A

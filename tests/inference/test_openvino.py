@@ -296,3 +296,47 @@ def test_openvino_compiles_in_fp32_unpinned_by_default(monkeypatch):
     assert config["ENABLE_CPU_PINNING"] is False
     assert config["INFERENCE_NUM_THREADS"] == 3
     assert config["CPU_RUNTIME_CACHE_CAPACITY"] > 0
+
+
+@pytest.fixture(scope="session")
+def exported_int8(exported):
+    """``exported`` plus YOLOv7-seg's INT8 export (calibrated on the shipped photos)."""
+    export_model(
+        YOLOV7, weights_dir=exported, precision="int8", photos=shipped_photos(CHECK_PHOTOS)
+    )
+    return exported
+
+
+@pytest.mark.slow
+def test_int8_runs_where_asked_and_finds_what_torch_finds(
+    exported_int8, photos, reference_answers, fresh_cache
+):
+    from segmentation.inference.agreement import Reproduction
+
+    segmenter = load_segmenter(
+        YOLOV7, device="cpu", weights_dir=exported_int8, runtime="auto", precision="int8"
+    )
+    assert (segmenter.runtime, segmenter.precision) == ("openvino", "int8")
+    reproduction = Reproduction()
+    for photo in ("astronaut", "chelsea", "coffee"):
+        expected = torch_answers(reference_answers, YOLOV7, exported_int8, photos, photo, 0.25)
+        reproduction.add(
+            [d for d in expected if d.score >= 0.5],
+            segmenter.predict(photos[photo], score_threshold=0.5),
+        )
+    assert reproduction.reference >= 3
+    assert reproduction.share >= 0.8, reproduction.as_dict()
+
+
+@pytest.mark.slow
+def test_int8_without_its_export_runs_the_fp32_export_with_a_log_line(
+    exported, tmp_path, caplog, fresh_cache
+):
+    link_export(exported, tmp_path, YOLOV7)
+    with caplog.at_level(logging.WARNING, logger="segmentation.inference"):
+        segmenter = load_segmenter(
+            YOLOV7, device="cpu", weights_dir=tmp_path, runtime="auto", precision="int8"
+        )
+    assert (segmenter.runtime, segmenter.precision) == ("openvino", "fp32")
+    assert "runs the FP32 OpenVINO export, not INT8" in caplog.text
+    assert "--precision int8" in caplog.text
