@@ -155,7 +155,7 @@ def test_a_missing_export_falls_back_to_torch_with_a_log_line(
             MASKRCNN, device="cpu", weights_dir=maskrcnn_weights_dir, runtime="openvino"
         )
     assert segmenter.runtime == "torch"
-    assert "no OpenVINO export" in caplog.text
+    assert "no FP32 OpenVINO export" in caplog.text
     assert "python -m segmentation.inference.export --model maskrcnn_resnet50_fpn" in caplog.text
 
 
