@@ -256,6 +256,7 @@ def import_nncf():
             del sys.modules["openvino_telemetry"]
         else:
             sys.modules["openvino_telemetry"] = saved
+    nncf.set_log_level(logging.WARNING)  # not a line per layer it leaves in float
     return nncf
 
 
