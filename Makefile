@@ -8,7 +8,7 @@ PORT ?= 8000
 WORKERS ?= 1
 export SEGWEB_DATA_DIR := $(DATA_DIR)
 
-.PHONY: install install-dev run web worker migrate test test-scale test-fast lint format bench weights export browser clean
+.PHONY: install install-dev run web worker migrate smoke test test-scale test-fast lint format bench weights export browser clean
 
 install: $(VENV)/.installed  ## build .venv with the runtime dependencies
 
@@ -44,6 +44,12 @@ web: migrate
 worker: migrate
 	$(BIN)/celery -A segweb worker --beat --concurrency $(WORKERS) --loglevel INFO \
 		--schedule $(DATA_DIR)/celerybeat-schedule --without-mingle --without-gossip
+
+# What a new user does, checked end to end with the runtime alone: `make run` on a fresh data
+# directory, a user made the README's way, real photos through the upload form and the API, then
+# Ctrl-C and nothing left running. CI runs it first, before the test tools are installed.
+smoke: install  ## make run + real photos through the pages and the API, then a clean stop
+	$(BIN)/python tests/smoke.py
 
 browser:  ## Debian's Chromium for the browser tests (tests skip, saying so, without it)
 	@command -v chromium >/dev/null || { \

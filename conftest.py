@@ -28,3 +28,7 @@ if os.environ.get("SEGWEB_TEST_POSTGRES_URL") and "DATABASE_URL" not in os.envir
 import django.conf
 
 django.conf.settings.INSTALLED_APPS  # noqa: B018 - load them now; pytest-django sets Django up
+# Every persona fixture and sign-in hashes a password: PBKDF2's 1,000,000 rounds cost ~0.3 s a
+# time on these machines. Tests check who may do what, not the hasher (live servers keep the
+# real one).
+django.conf.settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

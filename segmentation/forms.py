@@ -4,15 +4,21 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
-from .inference import InferenceError, list_models
+from .health import model_statuses
+from .inference import InferenceError
 from .inference.registry import AUTO
 from .inference.runtime import requested_precision
 
 
 def model_choices() -> list[tuple[str, str]]:
-    """Only models that can run on this server are offered."""
-    usable = [(m.name, m.description) for m in list_models() if m.usable]
-    return [(AUTO, "Automatic (best available)"), *usable]
+    """Only models that can run on this server are offered (``unavailable_models`` says why
+    the others are not)."""
+    usable = [(m.name, m.description) for m in model_statuses() if m.usable]
+    return [(AUTO, "Automatic (best available)"), *usable] if usable else []
+
+
+def unavailable_models() -> list[tuple[str, str]]:
+    return [(m.name, m.reason) for m in model_statuses() if not m.usable]
 
 
 class UploadForm(forms.Form):

@@ -8,6 +8,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+#: Runs a job gets before a dying worker fails it for good (per retry; see services.jobs_sweep).
+MAX_ATTEMPTS = 3
+
 
 class JobQuerySet(models.QuerySet):
     def for_user(self, user) -> JobQuerySet:
@@ -64,7 +67,11 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Runs started, ever.")
+    attempt_limit = models.PositiveSmallIntegerField(
+        default=MAX_ATTEMPTS,
+        help_text="A job whose worker dies at this many attempts fails; a retry raises it.",
+    )
     worker = models.CharField(max_length=255, blank=True, help_text="Host and pid running it.")
     inference_ms = models.PositiveIntegerField(null=True, blank=True)
     total_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -148,3 +155,22 @@ class Detection(models.Model):
     @property
     def box(self) -> list[float]:
         return [self.x1, self.y1, self.x2, self.y2]
+
+
+class ModelReport(models.Model):
+    """What the last worker process that loaded a model found: whether it runs, and why not.
+
+    Written by workers (``services.model_report_record``), read by the web process, which never
+    imports torch itself: a model whose package cannot import or whose weights cannot load is
+    then shown unusable, with the reason, by the API, the upload form and ``/readyz``.
+    """
+
+    model = models.CharField(max_length=64, primary_key=True)
+    usable = models.BooleanField()
+    runtime = models.CharField(max_length=16, blank=True)
+    reason = models.TextField(blank=True, help_text="Why it cannot run; empty when usable.")
+    worker = models.CharField(max_length=255, help_text="Host and pid that reported.")
+    reported_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.model}: {'usable' if self.usable else 'unusable'}"

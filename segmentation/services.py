@@ -28,10 +28,11 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .inference import InferenceError, ModelUnavailableError, resolve_model_name
+from . import health
+from .inference import InferenceError, ModelUnavailableError
 from .inference.registry import AUTO
 from .inference.runtime import requested_precision
-from .models import Detection, Job
+from .models import MAX_ATTEMPTS, Detection, Job, ModelReport
 from .uploads import UploadError, validate_threshold, validate_upload
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ HEARTBEAT_SECONDS = settings.SEGWEB["HEARTBEAT_SECONDS"]
 STALE_AFTER = timedelta(seconds=settings.SEGWEB["STALE_AFTER_SECONDS"])
 # A queued job not picked up by then is published again.
 REQUEUE_AFTER = timedelta(seconds=settings.SEGWEB["REQUEUE_AFTER_SECONDS"])
-MAX_ATTEMPTS = 3
-READY_TIMEOUT = 5.0  # seconds /readyz waits for storage and broker before calling them down
 
 
 class StorageUnavailable(Exception):
@@ -52,6 +51,10 @@ class StorageUnavailable(Exception):
 
 class IllegalTransition(Exception):
     """The job is not in a state that allows this action."""
+
+
+class ModelNotRunning(Exception):
+    """The job's model cannot run on this server now (a worker reported why): answer 503."""
 
 
 # --- Creating jobs --------------------------------------------------------------------------
@@ -105,7 +108,7 @@ def job_create(
 def model_for_new_job(model: str | None) -> str:
     """The concrete model a new job will use; refuse unknown or unusable models (400)."""
     try:
-        return resolve_model_name(model or AUTO)
+        return health.resolve_model(model or AUTO)
     except ModelUnavailableError as exc:
         raise UploadError(str(exc)) from exc
 
@@ -228,6 +231,11 @@ def job_run(*, job_id: uuid.UUID | str) -> None:
     except IllegalTransition:
         _delete_files([overlay_name])  # deleted or re-queued by a moderator meanwhile
         logger.info("job %s: changed while running; result discarded", job.pk)
+    except ModelUnavailableError as exc:
+        _delete_files([overlay_name])
+        logger.error("job %s: model %s cannot run: %s", job.pk, job.model, exc)
+        model_report_record(model=job.model, error=exc)
+        job_fail(job=job, message=model_unavailable_message(job.model))
     except (InferenceError, StorageUnavailable) as exc:
         _delete_files([overlay_name])
         job_fail(job=job, message=str(exc))
@@ -264,6 +272,7 @@ def _segment(job: Job) -> _Result:
     # build_export: a missing OpenVINO export is built in the background meanwhile (torch runs
     # this job); the first job after it is installed runs on it.
     segmenter = load_segmenter(job.model, precision=job.precision, build_export=True)
+    model_report_record(model=job.model, runtime=segmenter.runtime, only_if_changed=True)
     started = time.perf_counter()
     detections = segmenter.predict(image, score_threshold=job.score_threshold)
     inference_ms = round((time.perf_counter() - started) * 1000)
@@ -366,15 +375,64 @@ def job_fail(*, job: Job, message: str) -> bool:
     return bool(updated)
 
 
+def model_unavailable_message(model: str) -> str:
+    """What a job's owner reads when its model could not start: no exception text, no paths."""
+    return (
+        f"The {model} model could not be started on this server, so the photo was not "
+        "segmented. Nothing is wrong with your photo: the server's installation needs fixing "
+        "(administrators see the reason in the worker's log and on the model list). "
+        "Retry the job once it is fixed."
+    )
+
+
+def model_report_record(
+    *,
+    model: str,
+    runtime: str = "",
+    error: Exception | None = None,
+    only_if_changed: bool = False,
+) -> None:
+    """Record what this worker process found when it loaded ``model`` (see ``ModelReport``).
+
+    ``only_if_changed`` skips the write when the model is already reported usable: the job path
+    calls it for every job, and a row per job would be a write per job for nothing.
+    """
+    usable = error is None
+    if only_if_changed and ModelReport.objects.filter(model=model, usable=usable).exists():
+        return
+    try:
+        ModelReport.objects.update_or_create(
+            model=model,
+            defaults={
+                "usable": usable,
+                "runtime": runtime,
+                "reason": health.public_reason(str(error)) if error else "",
+                "worker": worker_name(),
+                "reported_at": timezone.now(),
+            },
+        )
+    except DatabaseError:  # a report is advice: never let it fail a job or a worker's start
+        logger.warning("model report for %s not recorded", model, exc_info=True)
+
+
 def warm_up_worker() -> None:
     """Load the default model now (in a new worker process) so the first job is not slower, and
-    start building its OpenVINO export in the background if it has none."""
-    from .inference import load_segmenter
+    report whether it loads, so that the web process can tell users the truth; start building
+    its OpenVINO export in the background if it has none."""
+    from .inference import load_segmenter, resolve_model_name
 
     try:
-        load_segmenter(AUTO, build_export=True)
+        name = resolve_model_name(AUTO)
+    except ModelUnavailableError as exc:
+        logger.error("worker: no model can run here: %s", exc)
+        return
+    try:
+        segmenter = load_segmenter(name, build_export=True)
     except InferenceError as exc:
-        logger.error("worker: default model cannot load: %s", exc)
+        logger.error("worker: model %s cannot load: %s", name, exc)
+        model_report_record(model=name, error=exc)
+        return
+    model_report_record(model=name, runtime=segmenter.runtime)
 
 
 # --- Moderation and owners' actions ---------------------------------------------------------
@@ -391,6 +449,7 @@ def job_rerun(*, job: Job) -> Job:
             heartbeat_at=None,
             enqueued_at=None,
             attempts=0,
+            attempt_limit=MAX_ATTEMPTS,
             error="",
             overlay="",
             runtime="",
@@ -402,6 +461,43 @@ def job_rerun(*, job: Job) -> Job:
         Detection.objects.filter(job_id=job.pk).delete()
         job_enqueue(job=job)
         transaction.on_commit(lambda: _delete_files([old_overlay]))
+    job.refresh_from_db()
+    return job
+
+
+def job_retry(*, job: Job) -> Job:
+    """Queue a failed job again for its owner (FAILED -> QUEUED).
+
+    Unlike ``job_rerun`` it keeps the job's history: ``attempts`` keeps counting, and the job
+    gets ``MAX_ATTEMPTS`` more runs before a dying worker fails it for good.
+
+    Raises:
+        IllegalTransition: the job has not failed (409).
+        ModelNotRunning: a worker reported that the job's model cannot run now (503); queueing
+            it would only fail it again.
+    """
+    broken = health.broken_models().get(job.model)
+    if broken is not None:
+        raise ModelNotRunning(
+            f"The {job.model} model cannot run on this server right now ({broken}); "
+            "retry once an administrator has fixed it."
+        )
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILED).update(
+            status=Job.Status.QUEUED,
+            started_at=None,
+            finished_at=None,
+            heartbeat_at=None,
+            enqueued_at=None,
+            attempt_limit=F("attempts") + MAX_ATTEMPTS,
+            error="",
+        )
+        if not updated:
+            current = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+            raise IllegalTransition(
+                f"Only a failed job can be retried; this one is {current or 'gone'}."
+            )
+        job_enqueue(job=job)
     job.refresh_from_db()
     return job
 
@@ -446,7 +542,7 @@ def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) 
     """Recover jobs a crash or an outage left behind. Celery beat runs it every 30 s.
 
     - RUNNING with a stale heartbeat (worker killed or machine lost): queued again, or FAILED
-      with a message after ``MAX_ATTEMPTS`` tries, so no job stays RUNNING forever;
+      with a message after ``attempt_limit`` tries, so no job stays RUNNING forever;
     - QUEUED but never published (broker was down) or published long ago and not taken
       (broker lost its messages): published again. A duplicate message is harmless: only one
       claim can succeed.
@@ -454,7 +550,7 @@ def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) 
     now = now or timezone.now()
     publish = publish or _publish
     stale = Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
-    failed = stale.filter(attempts__gte=MAX_ATTEMPTS).update(
+    failed = stale.filter(attempts__gte=F("attempt_limit")).update(
         status=Job.Status.FAILED,
         finished_at=now,
         error=(
@@ -462,7 +558,7 @@ def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) 
             "It may be too large or unusual for this server."
         ),
     )
-    requeued_ids = list(stale.filter(attempts__lt=MAX_ATTEMPTS).values_list("pk", flat=True))
+    requeued_ids = list(stale.filter(attempts__lt=F("attempt_limit")).values_list("pk", flat=True))
     requeued = Job.objects.filter(pk__in=requeued_ids, status=Job.Status.RUNNING).update(
         status=Job.Status.QUEUED, enqueued_at=None, heartbeat_at=None, started_at=None
     )
@@ -482,66 +578,3 @@ def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) 
             len(unpublished),
         )
     return {"failed": failed, "requeued": requeued, "published": len(unpublished)}
-
-
-# --- Health ---------------------------------------------------------------------------------
-
-
-def readiness() -> dict[str, str | None]:
-    """Check database, storage and broker; map each to None (fine) or what is wrong.
-
-    Storage and broker are probed side by side in daemon threads, and one that has not answered
-    within ``READY_TIMEOUT`` seconds is reported down: a store or broker that hangs (rather than
-    refusing connections) must not hang the probe, which load balancers time out on. An
-    abandoned thread ends with its client's own timeout (see the S3 and Redis settings).
-    """
-    results: dict[str, str | None] = {}
-
-    def probe(name: str, check: Callable[[], object]) -> None:
-        results[name] = _check(check)
-
-    threads = [
-        threading.Thread(target=probe, args=args, daemon=True, name=f"readyz-{args[0]}")
-        for args in (("storage", _check_storage), ("broker", _check_broker))
-    ]
-    for thread in threads:
-        thread.start()
-    checks = {"database": _check(_check_database)}  # this thread's connection, like a request's
-    deadline = time.monotonic() + READY_TIMEOUT
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    for name in ("storage", "broker"):
-        checks[name] = results.get(name, f"no answer in {READY_TIMEOUT:g} s")
-    return checks
-
-
-def _check(probe: Callable[[], object]) -> str | None:
-    try:
-        probe()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-        return f"unavailable ({type(exc).__name__}: {str(exc)[:200]})"
-    return None
-
-
-def _check_database() -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-
-
-def _check_storage() -> None:
-    bucket = getattr(default_storage, "bucket_name", None)
-    if bucket:
-        # S3: HEAD on the bucket, so that a missing bucket or wrong credentials show here (a
-        # HEAD on a missing key answers 404 in both cases, which looks like "fine").
-        default_storage.connection.meta.client.head_bucket(Bucket=bucket)
-    else:
-        default_storage.exists("readyz-probe")
-
-
-def _check_broker() -> None:
-    from segweb.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)

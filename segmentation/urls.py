@@ -9,6 +9,7 @@ urlpatterns = [
     path("jobs/<uuid:pk>/", views.job_detail, name="job-detail"),
     path("jobs/<uuid:pk>/status/", views.job_status, name="job-status"),
     path("jobs/<uuid:pk>/delete/", views.job_delete, name="job-delete"),
+    path("jobs/<uuid:pk>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<uuid:pk>/coco.json", views.job_coco, name="job-coco"),
     path("jobs/<uuid:pk>/<str:kind>/", views.job_file, name="job-file"),
     path("signup/", views.signup, name="signup"),

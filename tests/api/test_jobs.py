@@ -300,10 +300,75 @@ def test_delete_removes_the_job_and_its_files(
     assert stored_files(private_storage) == []
 
 
-def test_models_lists_usable_models_with_the_default(alice):
-    data = alice.get("/api/models/").json()
-    assert {m["name"] for m in data} == {"yolov7_seg"}
-    assert data[0]["default"] is True
+def test_models_lists_every_model_saying_which_run_and_why_not(alice):
+    data = {m["name"]: m for m in alice.get("/api/models/").json()}
+    assert data["yolov7_seg"]["usable"] is True
+    assert data["yolov7_seg"]["default"] is True
+    assert data["yolov7_seg"]["reason"] == ""
+    maskrcnn = data["maskrcnn_resnet50_fpn"]
+    assert maskrcnn["usable"] is False and maskrcnn["default"] is False
+    # The reason names the missing file, never where the server keeps it.
+    assert "maskrcnn_resnet50_fpn_coco.pth not found" in maskrcnn["reason"]
+    assert "/" not in maskrcnn["reason"].split("(see")[0]
+
+
+# --- retrying failed jobs -------------------------------------------------------------------
+
+
+def test_the_owner_retries_a_failed_job_and_its_attempts_keep_counting(
+    alice, owner, django_capture_on_commit_callbacks
+):
+    job = fail(create_job(owner))
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = alice.post(f"/api/jobs/{job.pk}/retry/")
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert (body["status"], body["error"], body["attempts"]) == ("queued", "", 1)
+    assert len(callbacks) == 1  # published once the retry commits
+
+
+def test_only_a_failed_job_can_be_retried(alice, owner, job):
+    queued = create_job(owner)
+    for target, status in ((job, "succeeded"), (queued, "queued")):
+        response = alice.post(f"/api/jobs/{target.pk}/retry/")
+        assert response.status_code == 409
+        assert f"this one is {status}" in response.json()["detail"]
+
+
+def test_another_users_failed_job_cannot_be_retried(bob, owner):
+    job = fail(create_job(owner))
+    assert bob.post(f"/api/jobs/{job.pk}/retry/").status_code == 404
+    assert api_client().post(f"/api/jobs/{job.pk}/retry/").status_code == 401
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+
+
+def test_a_retry_counts_against_the_job_rate(alice, owner, settings):
+    from django.core.cache import cache
+    from rest_framework.throttling import ScopedRateThrottle
+
+    cache.clear()
+    rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    ScopedRateThrottle.THROTTLE_RATES = {**rates, "job_create": "1/min"}
+    try:
+        first, second = fail(create_job(owner)), fail(create_job(owner))
+        assert alice.post(f"/api/jobs/{first.pk}/retry/").status_code == 202
+        blocked = alice.post(f"/api/jobs/{second.pk}/retry/")
+        assert blocked.status_code == 429 and int(blocked["Retry-After"]) > 0
+        assert alice.post("/api/jobs/", {"image": photo_upload()}).status_code == 429
+    finally:
+        ScopedRateThrottle.THROTTLE_RATES = rates
+        cache.clear()
+
+
+def test_a_retry_is_refused_while_a_worker_reports_the_model_broken(alice, owner):
+    job = fail(create_job(owner))
+    services.model_report_record(model="yolov7_seg", error=ImportError("No module named 'x'"))
+    response = alice.post(f"/api/jobs/{job.pk}/retry/")
+    assert response.status_code == 503
+    assert "yolov7_seg model cannot run" in response.json()["detail"]
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
 
 
 def test_labels_lists_the_80_coco_classes(alice):
