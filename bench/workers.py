@@ -9,7 +9,7 @@ and the photos of ``bench.common.unseen_photos`` (opencv-doc). Figures: docs/ben
 
     .venv/bin/python bench/workers.py [--rounds 2] [--runtimes torch,fp32,int8]
 
-YOLOv7-seg; its FP32 and INT8 exports are made first (in var/bench-workers-weights/) if needed.
+YOLOv7-seg; its FP32 and INT8 exports are made first (in the weights directory) if needed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, unseen_photos
+from bench.common import unseen_photos
 from tests.photos import COFFEE
 from tests.s3 import SeaweedFS
 from tests.scale.stack import Stack, TemporaryDatabase, postgres_unavailable, redis_unavailable
@@ -126,10 +126,10 @@ def main() -> None:
     for reason in (postgres_unavailable(), redis_unavailable()):
         if reason:
             sys.exit(reason)
+    from segmentation.inference.catalog import default_weights_dir
     from segmentation.inference.export import export_model
 
-    weights = ROOT / "var" / "bench-workers-weights"
-    weights.mkdir(parents=True, exist_ok=True)
+    weights = default_weights_dir()
     for precision in ("fp32", "int8"):
         export_model("yolov7_seg", weights_dir=weights, precision=precision, echo=print)
     print(f"# bench/workers.py — {time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.1f}")

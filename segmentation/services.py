@@ -255,8 +255,8 @@ class _Result:
     detections: list
     overlay_png: ContentFile
     runtime: str
-    precision: str
     inference_ms: int
+    precision: str = "fp32"
 
 
 def _segment(job: Job) -> _Result:
@@ -283,8 +283,8 @@ def _segment(job: Job) -> _Result:
         detections,
         ContentFile(buffer.getvalue()),
         segmenter.runtime,
-        segmenter.precision,
         inference_ms,
+        precision=segmenter.precision,
     )
 
 

@@ -70,7 +70,7 @@ def test_an_unknown_precision_is_refused_naming_the_choices(owner, settings, pri
 
 def test_a_finished_job_records_the_precision_that_ran(owner, monkeypatch, settings):
     settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": True}
-    result = services._Result([], _png(), "openvino", "int8", 5)
+    result = services._Result([], _png(), "openvino", 5, precision="int8")
     monkeypatch.setattr(services, "_segment", lambda job: result)
     job = services.job_create(owner=owner, upload=photo_upload(), precision="int8")
     services.job_run(job_id=job.pk)
@@ -96,9 +96,7 @@ def test_storage_failure_in_the_worker_fails_the_job(owner, faulty_storage):
 
 
 def test_storage_failure_saving_the_overlay_fails_the_job(owner, faulty_storage, monkeypatch):
-    monkeypatch.setattr(
-        services, "_segment", lambda job: services._Result([], _png(), "torch", "fp32", 5)
-    )
+    monkeypatch.setattr(services, "_segment", lambda job: services._Result([], _png(), "torch", 5))
     job = create_job(owner)
     faulty_storage.fail_save = ("overlays/",)
     services.job_run(job_id=job.pk)
