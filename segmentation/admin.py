@@ -120,7 +120,8 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="Classes")
     def classes(self, job: Job) -> str:
-        return ", ".join(sorted({d.label for d in job.detections.all()})) or "—"
+        shown = {d.label for d in job.detections.all() if d.score >= job.score_threshold}
+        return ", ".join(sorted(shown)) or "—"
 
     @admin.action(description="Hide from their owners…")
     def hide_jobs(self, request, queryset):

@@ -31,13 +31,13 @@ def job_to_coco(job: Job) -> dict:
             "iscrowd": 0,
             "score": det.score,
         }
-        for det in job.detections.all()
+        for det in job.detections.filter(score__gte=job.score_threshold).order_by("rank")
     ]
     return {
         "info": {
             "description": f"segweb job {job.pk}",
             "model": job.model,
-            "score_threshold": job.score_threshold,
+            "score_threshold": job.score_threshold,  # annotations are those scoring this or more
             "date_created": job.created_at.isoformat(),
         },
         "images": [

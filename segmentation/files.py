@@ -9,10 +9,20 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
+from . import services
 from .models import Job
 
-#: What each job file is called by URLs, and the model field that holds it.
-KINDS = {"image": "image", "overlay": "overlay", "thumbnail": "thumbnail"}
+#: What each job file is called by URLs, and the model fields that hold it, first found wins:
+#: a succeeded job's thumbnail is its overlay's; the preview of a job run before previews
+#: existed is the photo itself.
+KINDS = {
+    "image": ("image",),
+    "preview": ("preview", "image"),
+    "overlay": ("overlay",),
+    "thumbnail": ("overlay_thumbnail", "thumbnail"),
+}
+#: Files drawn from the detections at the job's current threshold.
+DRAWN = {"overlay", "thumbnail"}
 
 
 def uses_signed_urls() -> bool:
@@ -22,26 +32,39 @@ def uses_signed_urls() -> bool:
 def stored_name(job: Job, kind: str) -> str:
     if kind not in KINDS:
         raise Http404("No such file.")
-    name = getattr(job, KINDS[kind]).name
+    name = _name(job, kind)
     if not name:
         raise Http404("This job has no such file (yet).")
     return name
+
+
+def _name(job: Job, kind: str) -> str:
+    return next((n for n in (getattr(job, f).name for f in KINDS[kind]) if n), "")
+
+
+def version(job: Job) -> str:
+    """Changes whenever a drawn file's content does: URLs carry it, so caches never go stale."""
+    return f"{job.score_threshold:g}"
 
 
 def download_name(job: Job, kind: str) -> str:
     stem = job.original_filename.rsplit(".", 1)[0] or "photo"
     if kind == "overlay":
         return f"{stem}-overlay.png"
-    if kind == "thumbnail":
-        return f"{stem}-thumbnail.jpg"
+    if kind in ("thumbnail", "preview"):
+        return f"{stem}-{kind}.jpg"
     return job.original_filename
 
 
 def serve(job: Job, kind: str, *, attachment: bool = False) -> HttpResponse:
     """The file itself (local storage) or a redirect to a short-lived signed URL (S3).
 
-    The caller has already checked that the viewer may see ``job``.
+    The caller has already checked that the viewer may see ``job``. An overlay or thumbnail
+    not yet drawn at the job's current threshold is drawn first (``StorageUnavailable`` when
+    the store fails).
     """
+    if kind in DRAWN:
+        job = services.job_overlay_current(job=job)
     name = stored_name(job, kind)
     if uses_signed_urls():
         return HttpResponseRedirect(signed_url(name, job, kind, attachment=attachment))
@@ -70,9 +93,14 @@ def signed_url(name: str, job: Job, kind: str, *, attachment: bool = False) -> s
 
 def file_url(request, job: Job, kind: str) -> str | None:
     """Where an API client fetches a job file: a signed S3 URL, or the owner-checked API route."""
-    name = getattr(job, KINDS[kind]).name
+    name = _name(job, kind)
     if not name:
         return None
-    if uses_signed_urls():
+    stale = kind in DRAWN and job.overlay_threshold != job.score_threshold
+    if uses_signed_urls() and not stale:
         return signed_url(name, job, kind)
-    return request.build_absolute_uri(reverse("api-job-file", args=[job.pk, kind]))
+    # Through the API route, which draws a stale overlay before serving (or redirecting).
+    url = reverse("api-job-file", args=[job.pk, kind])
+    if kind in DRAWN:
+        url += f"?v={version(job)}"
+    return request.build_absolute_uri(url)

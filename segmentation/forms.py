@@ -8,6 +8,7 @@ from .health import model_statuses
 from .inference import InferenceError
 from .inference.registry import AUTO
 from .inference.runtime import requested_precision
+from .models import Webhook
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -59,3 +60,19 @@ class SignupForm(UserCreationForm):
 
     class Meta(UserCreationForm.Meta):
         fields = ("username", "email")
+
+
+class WebhookForm(forms.Form):
+    """A new webhook; the URL itself is checked by ``services.webhook_create``."""
+
+    url = forms.CharField(
+        label="URL",
+        max_length=2000,
+        help_text="http(s) on a public address; segweb POSTs a signed JSON body to it.",
+        widget=forms.URLInput(attrs={"placeholder": "https://example.com/segweb-hook"}),
+    )
+    events = forms.MultipleChoiceField(
+        choices=Webhook.Event.choices,
+        initial=[Webhook.Event.JOB_FINISHED, Webhook.Event.COLLECTION_FINISHED],
+        widget=forms.CheckboxSelectMultiple,
+    )

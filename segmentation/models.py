@@ -1,12 +1,14 @@
-"""Jobs (one uploaded photo each) and the instances found in them."""
+"""Jobs (one uploaded photo each), the instances found in them, collections of jobs, webhooks."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.urls import reverse
 
 #: Runs a job gets before a dying worker fails it for good (per retry; see services.jobs_sweep).
 MAX_ATTEMPTS = 3
@@ -26,7 +28,19 @@ class JobQuerySet(models.QuerySet):
         return self.filter(owner=user, hidden=False)
 
     def with_label(self, label: str) -> JobQuerySet:
-        return self.filter(pk__in=Detection.objects.filter(label=label).values("job_id"))
+        """Jobs with at least one instance of ``label`` above their current threshold."""
+        found = Detection.objects.above_threshold().filter(label=label)
+        return self.filter(pk__in=found.values("job_id"))
+
+
+class DetectionQuerySet(models.QuerySet):
+    def above_threshold(self) -> DetectionQuerySet:
+        """Instances that count: those scoring at least their job's current threshold.
+
+        A job keeps detections down to ``kept_min_score`` so that its threshold can be changed
+        later without running the model again; everything shown or exported uses this.
+        """
+        return self.filter(score__gte=F("job__score_threshold"))
 
 
 class Job(models.Model):
@@ -43,6 +57,13 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs"
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    collection = models.ForeignKey(
+        "Collection",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,  # services.collection_delete removes the jobs and their files
+        related_name="jobs",
+    )
 
     image = models.FileField(max_length=255)
     thumbnail = models.FileField(max_length=255, blank=True)
@@ -60,7 +81,10 @@ class Job(models.Model):
         help_text="fp32 or int8: the one asked for, then the one that ran (fp32 when the INT8 "
         "export was not ready yet, or on torch).",
     )
-    score_threshold = models.FloatField()
+    score_threshold = models.FloatField(help_text="Detections scoring less are not shown.")
+    kept_min_score = models.FloatField(
+        help_text="Detections down to this score are kept, so the threshold can go this low."
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
@@ -78,6 +102,13 @@ class Job(models.Model):
 
     error = models.TextField(blank=True, help_text="Why the job failed, for its owner.")
     overlay = models.FileField(max_length=255, blank=True)
+    overlay_thumbnail = models.FileField(max_length=255, blank=True)
+    overlay_threshold = models.FloatField(
+        null=True, blank=True, help_text="The threshold the stored overlay was drawn at."
+    )
+    preview = models.FileField(
+        max_length=255, blank=True, help_text="The photo at screen size, for the viewer."
+    )
 
     hidden = models.BooleanField(default=False, help_text="Hidden from its owner by a moderator.")
     hidden_reason = models.TextField(blank=True)
@@ -103,6 +134,10 @@ class Job(models.Model):
             models.CheckConstraint(
                 condition=Q(score_threshold__gte=0) & Q(score_threshold__lte=1),
                 name="job_threshold_0_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(kept_min_score__gte=0) & Q(kept_min_score__lte=F("score_threshold")),
+                name="job_kept_min_score_below_threshold",
             ),
             models.CheckConstraint(
                 condition=Q(status__in=["queued", "running", "succeeded", "failed"]),
@@ -142,6 +177,8 @@ class Detection(models.Model):
     area = models.PositiveIntegerField(help_text="Mask pixels.")
     rle = models.JSONField(help_text='COCO RLE: {"size": [h, w], "counts": "..."}')
 
+    objects = DetectionQuerySet.as_manager()
+
     class Meta:
         ordering = ["job", "rank"]
         indexes = [models.Index(fields=["label", "job"], name="detection_label_job")]
@@ -174,3 +211,176 @@ class ModelReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}: {'usable' if self.usable else 'unusable'}"
+
+
+class CollectionQuerySet(models.QuerySet):
+    def for_user(self, user) -> CollectionQuerySet:
+        """Collections ``user`` may see: staff see everything, others their own."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+    def with_progress(self) -> CollectionQuerySet:
+        """Annotate the counts ``Collection.progress`` reads: one query for a whole page."""
+        status = "jobs__status"
+        return self.annotate(
+            jobs_total=models.Count("jobs"),
+            jobs_queued=models.Count("jobs", filter=Q(**{status: Job.Status.QUEUED})),
+            jobs_running=models.Count("jobs", filter=Q(**{status: Job.Status.RUNNING})),
+            jobs_done=models.Count("jobs", filter=Q(**{status: Job.Status.SUCCEEDED})),
+            jobs_failed=models.Count("jobs", filter=Q(**{status: Job.Status.FAILED})),
+        ).order_by("-created_at")  # Meta.ordering does not apply to aggregating queries
+
+
+class Collection(models.Model):
+    """Jobs uploaded together: several photos in one request, or the photos of one ZIP."""
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Photos"
+        ARCHIVE = "archive", "ZIP archive"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="collections"
+    )
+    name = models.CharField(max_length=200)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    rejected = models.JSONField(
+        default=list, blank=True, help_text='Files not made into jobs: [{"name", "reason"}].'
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    sealed_at = models.DateTimeField(
+        null=True, blank=True, help_text="Every file has been accepted or rejected."
+    )
+    finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="Sealed and every job finished (collection.finished)."
+    )
+
+    objects = CollectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"], name="collection_owner_created")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def progress(self) -> dict[str, int]:
+        """Jobs by state: from ``with_progress()`` annotations, else counted now."""
+        if not hasattr(self, "jobs_total"):
+            return Collection.objects.with_progress().get(pk=self.pk).progress
+        return {
+            "total": self.jobs_total,
+            "queued": self.jobs_queued,
+            "running": self.jobs_running,
+            "done": self.jobs_done,
+            "failed": self.jobs_failed,
+        }
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def jobs_path(self) -> str:
+        return f"{reverse('api-job-list')}?collection={self.pk}"
+
+
+class Webhook(models.Model):
+    """An owner's URL that is told, with a signed POST, when their jobs or collections finish."""
+
+    class Event(models.TextChoices):
+        JOB_FINISHED = "job.finished", "A job finished"
+        COLLECTION_FINISHED = "collection.finished", "A collection finished"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks"
+    )
+    url = models.URLField(max_length=2000)
+    events = models.JSONField(help_text="Event names this webhook receives.")
+    secret = models.CharField(max_length=64, default=secrets.token_hex, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    """One event for one webhook, tried until it is answered 2xx or the attempts run out."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32, choices=Webhook.Event.choices)
+    payload = models.JSONField(help_text="The body, less its timestamp (added per attempt).")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it is due (or its running attempt's lease ends)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
+            models.Index(fields=["webhook", "-created_at"], name="delivery_webhook_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.webhook_id} ({self.status})"
+
+    @property
+    def last_attempt(self) -> WebhookAttempt | None:
+        attempts = list(self.attempt_log.all())  # prefetched by the pages that show it
+        return attempts[-1] if attempts else None
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery: when, what the receiver answered, or what went wrong."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "2xx"
+        HTTP_ERROR = "http_error", "Non-2xx answer"
+        NETWORK_ERROR = "network_error", "No answer (connection, timeout, TLS)"
+        REFUSED = "refused", "Destination refused (private or reserved address)"
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    number = models.PositiveSmallIntegerField()
+    at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        indexes = [models.Index(fields=["outcome"], name="attempt_outcome")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.outcome}"
+
+
+class RefusedUploadCount(models.Model):
+    """How many photos were refused, by reason: a counter shared by every web process, read
+    by ``/metrics`` (no per-process state to add up)."""
+
+    reason = models.CharField(max_length=32, unique=True)
+    count = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.count}"

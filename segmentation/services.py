@@ -8,6 +8,7 @@ Slow work (storage, the model) stays outside database transactions.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
@@ -18,22 +19,35 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import requests
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
-from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Least
+from django.urls import reverse
 from django.utils import timezone
 
-from . import health
+from . import archives, health, outbound
 from .inference import InferenceError, ModelUnavailableError
 from .inference.registry import AUTO
 from .inference.runtime import requested_precision
-from .models import MAX_ATTEMPTS, Detection, Job, ModelReport
-from .uploads import UploadError, validate_threshold, validate_upload
+from .models import (
+    MAX_ATTEMPTS,
+    Collection,
+    Detection,
+    Job,
+    ModelReport,
+    RefusedUploadCount,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+)
+from .uploads import THUMBNAIL_SIZE, UploadError, validate_threshold, validate_upload
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +67,10 @@ class IllegalTransition(Exception):
     """The job is not in a state that allows this action."""
 
 
+class ThresholdError(ValueError):
+    """A threshold outside what the job kept; the message names the allowed range (a 400)."""
+
+
 class ModelNotRunning(Exception):
     """The job's model cannot run on this server now (a worker reported why): answer 503."""
 
@@ -66,6 +84,7 @@ def job_create(
     upload: UploadedFile | None,
     score_threshold: object = None,
     model: str | None = None,
+    collection: Collection | None = None,
     precision: str | None = None,
 ) -> Job:
     """Validate an upload, store it and its thumbnail, create the job, queue it on commit.
@@ -73,10 +92,14 @@ def job_create(
     Raises ``UploadError`` (bad input: 4xx) or ``StorageUnavailable`` (503). Either way nothing
     is left behind: no row, no file.
     """
-    threshold = validate_threshold(score_threshold)
-    model_name = model_for_new_job(model)
-    job_precision = precision_for_new_job(precision)
-    image = validate_upload(upload)
+    try:
+        threshold = validate_threshold(score_threshold)
+        model_name = model_for_new_job(model)
+        job_precision = precision_for_new_job(precision)
+        image = validate_upload(upload)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
     job_id = uuid.uuid4()
     folder = f"{owner.pk}/{job_id}"
     stored: list[str] = []
@@ -87,6 +110,7 @@ def job_create(
             job = Job.objects.create(
                 id=job_id,
                 owner=owner,
+                collection=collection,
                 image=stored[0],
                 thumbnail=stored[1],
                 original_filename=_clean_filename(upload.name),
@@ -97,6 +121,7 @@ def job_create(
                 model=model_name,
                 precision=job_precision,
                 score_threshold=threshold,
+                kept_min_score=keep_floor(threshold),
             )
             job_enqueue(job=job)
     except BaseException:
@@ -105,12 +130,17 @@ def job_create(
     return job
 
 
+def keep_floor(threshold: float) -> float:
+    """The lowest score a job with this threshold keeps: ``SEGWEB_KEEP_MIN_SCORE``, or lower."""
+    return min(settings.SEGWEB["KEEP_MIN_SCORE"], threshold)
+
+
 def model_for_new_job(model: str | None) -> str:
     """The concrete model a new job will use; refuse unknown or unusable models (400)."""
     try:
         return health.resolve_model(model or AUTO)
     except ModelUnavailableError as exc:
-        raise UploadError(str(exc)) from exc
+        raise UploadError(str(exc), reason="bad_option") from exc
 
 
 def precision_for_new_job(precision: str | None) -> str:
@@ -122,11 +152,12 @@ def precision_for_new_job(precision: str | None) -> str:
             return default
         chosen = requested_precision(precision)
     except ModelUnavailableError as exc:
-        raise UploadError(str(exc).replace(" (SEGWEB_PRECISION)", "")) from exc
+        raise UploadError(str(exc).replace(" (SEGWEB_PRECISION)", ""), reason="bad_option") from exc
     if chosen != default and not settings.SEGWEB["PRECISION_PER_JOB"]:
         raise UploadError(
             f"This server runs every job at {default}: choosing the precision is not enabled "
-            "(SEGWEB_PRECISION_PER_JOB)."
+            "(SEGWEB_PRECISION_PER_JOB).",
+            reason="bad_option",
         )
     return chosen
 
@@ -214,53 +245,90 @@ def job_run(*, job_id: uuid.UUID | str) -> None:
         logger.info("job %s: not queued any more (taken, finished or deleted)", job_id)
         return
     started = time.perf_counter()
-    overlay_name = ""
+    saved: list[str] = []
     try:
         with _Heartbeat(job.pk):
             result = _segment(job)
-            overlay_name = _save(f"overlays/{job.owner_id}/{job.pk}.png", result.overlay_png)
+            overlay = _save_overlay(job, result.pictures, saved)
+            preview = job.preview.name
+            if not preview:
+                preview = _save(f"previews/{job.owner_id}/{job.pk}.jpg", result.pictures.preview)
+                saved.append(preview)
         job_succeed(
             job=job,
             detections=result.detections,
-            overlay=overlay_name,
+            overlay=overlay.png,
+            overlay_thumbnail=overlay.thumbnail,
+            overlay_threshold=overlay.threshold,
+            preview=preview,
             runtime=result.runtime,
             precision=result.precision,
             inference_ms=result.inference_ms,
             total_ms=round((time.perf_counter() - started) * 1000),
         )
     except IllegalTransition:
-        _delete_files([overlay_name])  # deleted or re-queued by a moderator meanwhile
+        _delete_files(saved)  # deleted or re-queued by a moderator meanwhile
         logger.info("job %s: changed while running; result discarded", job.pk)
     except ModelUnavailableError as exc:
-        _delete_files([overlay_name])
+        _delete_files(saved)
         logger.error("job %s: model %s cannot run: %s", job.pk, job.model, exc)
         model_report_record(model=job.model, error=exc)
         job_fail(job=job, message=model_unavailable_message(job.model))
     except (InferenceError, StorageUnavailable) as exc:
-        _delete_files([overlay_name])
+        _delete_files(saved)
         job_fail(job=job, message=str(exc))
     except SoftTimeLimitExceeded:
-        _delete_files([overlay_name])
+        _delete_files(saved)
         limit = settings.SEGWEB["JOB_TIME_LIMIT"]
         job_fail(job=job, message=f"Segmentation took longer than the {limit}-second limit.")
     except Exception:
-        _delete_files([overlay_name])
+        _delete_files(saved)
         logger.exception("job %s: unexpected error", job.pk)
         job_fail(job=job, message="Segmentation failed because of an internal error.")
         raise
 
 
 @dataclass
+class _Pictures:
+    threshold: float  # the overlay shows the detections scoring at least this
+    overlay_png: ContentFile
+    overlay_thumbnail: ContentFile
+    preview: ContentFile | None
+
+
+@dataclass
 class _Result:
     detections: list
-    overlay_png: ContentFile
+    pictures: _Pictures
     runtime: str
     inference_ms: int
     precision: str = "fp32"
 
 
+PREVIEW_SIZE = (1600, 1600)  # the viewer's photo: sharp on screens, a few hundred KB
+
+
 def _segment(job: Job) -> _Result:
-    from .inference import load_image, load_segmenter, render_overlay
+    from .inference import load_segmenter
+
+    image = _load_photo(job)
+    # build_export: a missing OpenVINO export is built in the background meanwhile (torch runs
+    # this job); the first job after it is installed runs on it.
+    segmenter = load_segmenter(job.model, precision=job.precision, build_export=True)
+    model_report_record(model=job.model, runtime=segmenter.runtime, only_if_changed=True)
+    started = time.perf_counter()
+    # Everything down to the keep floor is stored, so the threshold can be lowered later
+    # without running the model again; only what scores above the threshold is shown.
+    detections = segmenter.predict(image, score_threshold=job.kept_min_score)
+    inference_ms = round((time.perf_counter() - started) * 1000)
+    pictures = _draw(image, detections, job.score_threshold)
+    return _Result(
+        detections, pictures, segmenter.runtime, inference_ms, precision=segmenter.precision
+    )
+
+
+def _load_photo(job: Job):
+    from .inference import load_image
 
     try:
         with default_storage.open(job.image.name, "rb") as f:
@@ -268,24 +336,65 @@ def _segment(job: Job) -> _Result:
     except Exception as exc:
         logger.exception("job %s: cannot read %s", job.pk, job.image.name)
         raise StorageUnavailable("The uploaded photo could not be read from storage.") from exc
-    image = load_image(data, max_pixels=settings.SEGWEB["MAX_PIXELS"])
-    # build_export: a missing OpenVINO export is built in the background meanwhile (torch runs
-    # this job); the first job after it is installed runs on it.
-    segmenter = load_segmenter(job.model, precision=job.precision, build_export=True)
-    model_report_record(model=job.model, runtime=segmenter.runtime, only_if_changed=True)
-    started = time.perf_counter()
-    detections = segmenter.predict(image, score_threshold=job.score_threshold)
-    inference_ms = round((time.perf_counter() - started) * 1000)
-    buffer = io.BytesIO()
-    # compress_level=1: 4x faster than the default on a 12 MP overlay, for ~20% more bytes.
-    render_overlay(image, detections).save(buffer, "PNG", compress_level=1)
-    return _Result(
-        detections,
-        ContentFile(buffer.getvalue()),
-        segmenter.runtime,
-        inference_ms,
-        precision=segmenter.precision,
+    return load_image(data, max_pixels=settings.SEGWEB["MAX_PIXELS"])
+
+
+def _draw(image, detections: list, threshold: float, *, preview: bool = True) -> _Pictures:
+    """The overlay (PNG), its thumbnail and (unless not wanted) the viewer's preview."""
+    from .inference import render_overlay
+
+    shown = [d for d in detections if d.score >= threshold]
+    overlay = render_overlay(image, shown)
+    return _Pictures(
+        threshold=threshold,
+        overlay_png=ContentFile(_png(overlay)),
+        overlay_thumbnail=ContentFile(_jpeg(overlay, THUMBNAIL_SIZE, quality=82)),
+        preview=ContentFile(_jpeg(image, PREVIEW_SIZE, quality=82)) if preview else None,
     )
+
+
+def _png(image) -> bytes:
+    import cv2
+    import numpy as np
+
+    # Huffman-only deflate: on a 12 MP photo it encoded about 2x faster than Pillow's fastest
+    # level and, photos being noisy, the file was no larger (docs/benchmarks.md, Viewer). It
+    # matters since a threshold change has the web process draw the overlay again.
+    bgr = np.ascontiguousarray(np.asarray(image)[..., ::-1])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY]
+    ok, encoded = cv2.imencode(".png", bgr, [*params, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
+    if not ok:
+        raise InferenceError("The overlay could not be encoded as PNG.")
+    return encoded.tobytes()
+
+
+def _jpeg(image, size: tuple[int, int], *, quality: int) -> bytes:
+    from PIL import Image
+
+    # A cheap box-filter reduction first: LANCZOS over 12 MP would take most of a second.
+    factor = max(1, min(image.width // size[0], image.height // size[1]) // 2)
+    small = image.reduce(factor) if factor > 1 else image.copy()
+    small.thumbnail(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.convert("RGB").save(buffer, "JPEG", quality=quality, optimize=True, progressive=True)
+    return buffer.getvalue()
+
+
+def _save_overlay(job: Job, pictures: _Pictures, saved: list[str]) -> _Overlay:
+    # A new name each time: a browser that cached the old overlay never shows it for the new.
+    stem = f"overlays/{job.owner_id}/{job.pk}-{uuid.uuid4().hex[:8]}"
+    png = _save(f"{stem}.png", pictures.overlay_png)
+    saved.append(png)
+    thumbnail = _save(f"{stem}-small.jpg", pictures.overlay_thumbnail)
+    saved.append(thumbnail)
+    return _Overlay(png=png, thumbnail=thumbnail, threshold=pictures.threshold)
+
+
+@dataclass
+class _Overlay:
+    png: str
+    thumbnail: str
+    threshold: float
 
 
 class _Heartbeat:
@@ -326,12 +435,20 @@ def job_succeed(
     job: Job,
     detections: list,
     overlay: str,
+    overlay_thumbnail: str = "",
+    overlay_threshold: float | None = None,
+    preview: str = "",
     runtime: str,
     inference_ms: int,
     total_ms: int,
     precision: str = "fp32",
 ) -> None:
-    """Record a finished job and its detections atomically (RUNNING -> SUCCEEDED)."""
+    """Record a finished job and its detections atomically (RUNNING -> SUCCEEDED).
+
+    ``detections`` are everything down to the job's ``kept_min_score``, best first; the
+    overlay files show those scoring at least ``overlay_threshold`` (the job's threshold when
+    not given).
+    """
     rows = [
         Detection(
             job_id=job.pk,
@@ -354,6 +471,11 @@ def job_succeed(
             status=Job.Status.SUCCEEDED,
             finished_at=timezone.now(),
             overlay=overlay,
+            overlay_thumbnail=overlay_thumbnail,
+            overlay_threshold=(
+                job.score_threshold if overlay_threshold is None else overlay_threshold
+            ),
+            preview=preview or F("preview"),
             runtime=runtime,
             precision=precision,
             inference_ms=inference_ms,
@@ -363,6 +485,7 @@ def job_succeed(
         if not updated:
             raise IllegalTransition(f"job {job.pk} is no longer running here")
         Detection.objects.bulk_create(rows, batch_size=500)
+        _announce_finished([job.pk])
 
 
 def job_fail(*, job: Job, message: str) -> bool:
@@ -372,6 +495,7 @@ def job_fail(*, job: Job, message: str) -> bool:
     ).update(status=Job.Status.FAILED, finished_at=timezone.now(), error=message[:2000])
     if updated:
         logger.info("job %s failed: %s", job.pk, message)
+        _announce_finished([job.pk])
     return bool(updated)
 
 
@@ -435,12 +559,97 @@ def warm_up_worker() -> None:
     model_report_record(model=name, runtime=segmenter.runtime)
 
 
+# --- Changing the threshold after the fact --------------------------------------------------
+
+
+def can_change_threshold(*, user: AbstractBaseUser, job: Job) -> bool:
+    """Whether ``user`` may change ``job``'s threshold: its owner, or a moderator allowed to
+    change jobs. The caller has already found the job through ``Job.objects.for_user``."""
+    return job.owner_id == user.pk or user.has_perm("segmentation.change_job")
+
+
+def job_set_threshold(*, job: Job, threshold: float) -> Job:
+    """Show ``job``'s detections scoring at least ``threshold``, without running the model again.
+
+    Allowed from the job's ``kept_min_score`` (what the worker kept) to 1, in any state: a
+    queued job simply starts with it. Nothing else changes (``finished_at``, ``inference_ms``,
+    ``attempts``...). The overlay files are re-drawn on their next download
+    (``job_overlay_current``). Raises ``ThresholdError`` naming the allowed range.
+    """
+    is_number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
+    if not (is_number and job.kept_min_score <= threshold <= 1):
+        raise ThresholdError(threshold_range_message(job))
+    # Conditional on the floor: a rerun can change it meanwhile (the check constraint would
+    # refuse the row; this refuses it with the message).
+    updated = Job.objects.filter(pk=job.pk, kept_min_score__lte=threshold).update(
+        score_threshold=threshold
+    )
+    if not updated:
+        raise ThresholdError("The job changed meanwhile; reload it and try again.")
+    job.refresh_from_db()
+    return job
+
+
+def threshold_range_message(job: Job) -> str:
+    low = job.kept_min_score
+    return (
+        f"score_threshold must be a number from {low:g} to 1 for this job "
+        f"(detections scoring below {low:g} were not kept)."
+    )
+
+
+def job_overlay_current(*, job: Job) -> Job:
+    """Make sure ``job``'s overlay files show its current threshold, re-drawing them if not.
+
+    The first download after a threshold change pays for one drawing (about a second for a
+    12 MP photo, from the stored masks: the model does not run); later downloads get the stored
+    files. Two requests racing both draw, one wins; the loser's files are removed. Raises
+    ``StorageUnavailable`` (503) when the photo cannot be read or the files not saved.
+    """
+    threshold = job.score_threshold
+    if job.status != Job.Status.SUCCEEDED or job.overlay_threshold == threshold:
+        return job
+    from .inference import InvalidImageError
+    from .masks import to_found_all
+
+    try:
+        image = _load_photo(job)
+    except InvalidImageError as exc:  # the stored photo decoded once; it should again
+        raise StorageUnavailable("The stored photo could not be read.") from exc
+    shown = to_found_all(job.detections.filter(score__gte=threshold).order_by("rank"))
+    pictures = _draw(image, shown, threshold, preview=False)
+    saved: list[str] = []
+    try:
+        overlay = _save_overlay(job, pictures, saved)
+    except StorageUnavailable:
+        _delete_files(saved)
+        raise
+    old = [job.overlay.name, job.overlay_thumbnail.name]
+    with transaction.atomic():
+        updated = Job.objects.filter(
+            pk=job.pk,
+            status=Job.Status.SUCCEEDED,
+            score_threshold=threshold,
+            overlay=job.overlay.name,
+        ).update(
+            overlay=overlay.png,
+            overlay_thumbnail=overlay.thumbnail,
+            overlay_threshold=threshold,
+        )
+        transaction.on_commit(lambda: _delete_files(old if updated else saved))
+    job.refresh_from_db()
+    return job
+
+
 # --- Moderation and owners' actions ---------------------------------------------------------
 
 
 def job_rerun(*, job: Job) -> Job:
-    """Run a finished job again (SUCCEEDED | FAILED -> QUEUED), dropping its old results."""
-    old_overlay = job.overlay.name
+    """Run a finished job again (SUCCEEDED | FAILED -> QUEUED), dropping its old results.
+
+    The keep floor is taken afresh from the settings and the job's threshold.
+    """
+    old_files = [job.overlay.name, job.overlay_thumbnail.name]
     with transaction.atomic():
         updated = Job.objects.filter(pk=job.pk, status__in=Job.FINISHED).update(
             status=Job.Status.QUEUED,
@@ -452,6 +661,9 @@ def job_rerun(*, job: Job) -> Job:
             attempt_limit=MAX_ATTEMPTS,
             error="",
             overlay="",
+            overlay_thumbnail="",
+            overlay_threshold=None,
+            kept_min_score=Least(F("score_threshold"), settings.SEGWEB["KEEP_MIN_SCORE"]),
             runtime="",
             inference_ms=None,
             total_ms=None,
@@ -460,7 +672,7 @@ def job_rerun(*, job: Job) -> Job:
             raise IllegalTransition("Only finished jobs can be run again.")
         Detection.objects.filter(job_id=job.pk).delete()
         job_enqueue(job=job)
-        transaction.on_commit(lambda: _delete_files([old_overlay]))
+        transaction.on_commit(lambda: _delete_files(old_files))
     job.refresh_from_db()
     return job
 
@@ -520,7 +732,13 @@ def job_unhide(*, job: Job) -> None:
 
 def job_delete(*, job: Job) -> None:
     """Delete a job, its detections and, once that is committed, its files."""
-    names = [job.image.name, job.thumbnail.name, job.overlay.name]
+    names = [
+        job.image.name,
+        job.thumbnail.name,
+        job.overlay.name,
+        job.overlay_thumbnail.name,
+        job.preview.name,
+    ]
     with transaction.atomic():
         Job.objects.filter(pk=job.pk).delete()
         transaction.on_commit(lambda: _delete_files(names))
@@ -533,6 +751,470 @@ def user_deactivate(*, user: AbstractBaseUser) -> None:
     with transaction.atomic():
         type(user).objects.filter(pk=user.pk).update(is_active=False)
         Token.objects.filter(user_id=user.pk).delete()
+
+
+# --- Collections ----------------------------------------------------------------------------
+
+
+class CollectionRefused(UploadError):
+    """Not one file of a collection could be made into a job; ``rejected`` says why for each."""
+
+    def __init__(self, message: str, rejected: list[dict]) -> None:
+        super().__init__(message, 400, reason="collection_empty")
+        self.rejected = rejected
+
+
+def collection_create_from_photos(
+    *,
+    owner: AbstractBaseUser,
+    uploads: list[UploadedFile],
+    name: str = "",
+    score_threshold: object = None,
+    model: str | None = None,
+) -> Collection:
+    """Several photos sent together: one job each (through ``job_create``), as one collection.
+
+    Files that are not acceptable photos are listed in ``rejected``; if none is acceptable the
+    whole request is refused (``CollectionRefused``) and nothing is kept.
+    """
+    threshold, model_name = _collection_options(score_threshold, model)
+    members = (archives.Member(archives.display_name(u.name or "photo"), upload=u) for u in uploads)
+    return _collection_fill(
+        owner=owner,
+        source=Collection.Source.UPLOAD,
+        name=_collection_name(name) or f"{len(uploads)} photos",
+        members=members,
+        threshold=threshold,
+        model_name=model_name,
+    )
+
+
+def collection_create_from_archive(
+    *,
+    owner: AbstractBaseUser,
+    archive: UploadedFile | None,
+    name: str = "",
+    score_threshold: object = None,
+    model: str | None = None,
+) -> Collection:
+    """The photos of one ZIP archive as one collection; see ``archives`` for what is refused.
+
+    A refused archive (``UploadError``: not a ZIP, too large, too many files, a zip bomb) or a
+    storage outage half-way (``StorageUnavailable``) leaves nothing behind.
+    """
+    threshold, model_name = _collection_options(score_threshold, model)
+    if archive is None:
+        raise UploadError(
+            "No archive was sent: attach a ZIP in the 'archive' field.", reason="missing"
+        )
+    try:
+        zip_file = archives.open_archive(archive)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
+    with zip_file:
+        stem = archives.display_name(os.path.basename(archive.name or "")).rsplit(".", 1)[0]
+        return _collection_fill(
+            owner=owner,
+            source=Collection.Source.ARCHIVE,
+            name=_collection_name(name) or stem or "archive",
+            members=archives.members(zip_file),
+            threshold=threshold,
+            model_name=model_name,
+        )
+
+
+def _collection_options(score_threshold: object, model: str | None) -> tuple[float, str]:
+    # Refused before any file is looked at: a bad option is the same for every photo.
+    try:
+        return validate_threshold(score_threshold), model_for_new_job(model)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
+
+
+def _collection_name(name: str | None) -> str:
+    return "".join(ch for ch in (name or "") if ch.isprintable()).strip()[:200]
+
+
+def _collection_fill(
+    *,
+    owner: AbstractBaseUser,
+    source: str,
+    name: str,
+    members: Iterable[archives.Member],
+    threshold: float,
+    model_name: str,
+) -> Collection:
+    # Each photo is its own short transaction (job_create) and is queued at once: workers start
+    # on the first photos while the last ones are still being checked, and no database lock is
+    # held for the whole archive. ``sealed_at`` is set at the end, so that the collection cannot
+    # be called finished while photos are still arriving.
+    collection = Collection.objects.create(owner=owner, name=name, source=source)
+    rejected: list[dict] = []
+    accepted = 0
+    try:
+        for member in members:
+            if member.rejected:
+                upload_refusal_count(reason="archive_member")
+                rejected.append({"name": member.name, "reason": member.rejected})
+                continue
+            try:
+                job_create(
+                    owner=owner,
+                    upload=member.upload,
+                    score_threshold=threshold,
+                    model=model_name,
+                    collection=collection,
+                )
+            except UploadError as exc:
+                rejected.append({"name": member.name, "reason": exc.message})
+            else:
+                accepted += 1
+    except BaseException:
+        collection_delete(collection=collection)
+        raise
+    if not accepted:
+        collection_delete(collection=collection)
+        reasons = "; ".join(f"{r['name']}: {r['reason']}" for r in rejected[:3])
+        more = f" (and {len(rejected) - 3} more)" if len(rejected) > 3 else ""
+        message = (
+            f"No photo could be accepted: {reasons}{more}." if rejected else "It has no files."
+        )
+        raise CollectionRefused(message, rejected)
+    Collection.objects.filter(pk=collection.pk).update(rejected=rejected, sealed_at=timezone.now())
+    collection_check_finished(collection_id=collection.pk)
+    collection.refresh_from_db()
+    return collection
+
+
+def collection_check_finished(*, collection_id: uuid.UUID) -> bool:
+    """Mark a sealed collection finished once none of its jobs is queued or running, exactly
+    once (a conditional UPDATE: two jobs finishing together cannot both do it), and tell its
+    owner's webhooks. True if this call finished it."""
+    unfinished = Job.objects.filter(
+        collection_id=OuterRef("pk"), status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
+    )
+    finished = (
+        Collection.objects.filter(
+            pk=collection_id, sealed_at__isnull=False, finished_at__isnull=True
+        )
+        .exclude(Exists(unfinished))
+        .update(finished_at=timezone.now())
+    )
+    if finished:
+        collection = Collection.objects.with_progress().get(pk=collection_id)
+        _webhooks_announce(
+            owner_id=collection.owner_id,
+            event=Webhook.Event.COLLECTION_FINISHED,
+            payload=_collection_payload(collection),
+        )
+    return bool(finished)
+
+
+def collection_cancel(*, collection: Collection) -> int:
+    """Fail the collection's queued jobs ("cancelled"); running ones finish. How many."""
+    cancelled = Job.objects.filter(collection=collection, status=Job.Status.QUEUED).update(
+        status=Job.Status.FAILED,
+        finished_at=timezone.now(),
+        error="Cancelled by its owner before it ran.",
+    )
+    collection_check_finished(collection_id=collection.pk)
+    return cancelled
+
+
+def collection_retry(*, collection: Collection) -> int:
+    """Retry the collection's failed (and cancelled) jobs with ``job_retry``; how many. The
+    collection finishes, and is announced, again.
+
+    Raises ``ModelNotRunning`` (503) before retrying anything when a failed job's model cannot
+    run on this server now.
+    """
+    failed = list(Job.objects.filter(collection=collection, status=Job.Status.FAILED))
+    for model in {job.model for job in failed}:
+        broken = health.broken_models().get(model)
+        if broken is not None:
+            raise ModelNotRunning(
+                f"The {model} model cannot run on this server right now ({broken}); "
+                "retry once an administrator has fixed it."
+            )
+    if failed:
+        Collection.objects.filter(pk=collection.pk).update(finished_at=None)
+    retried = 0
+    for job in failed:
+        try:
+            job_retry(job=job)
+        except IllegalTransition:
+            continue  # retried or deleted meanwhile
+        retried += 1
+    collection_check_finished(collection_id=collection.pk)
+    return retried
+
+
+def collection_delete(*, collection: Collection) -> None:
+    """Delete a collection, its jobs and, once that is committed, their files."""
+    rows = Job.objects.filter(collection=collection).values_list("image", "thumbnail", "overlay")
+    with transaction.atomic():
+        names = [name for row in rows for name in row]
+        Job.objects.filter(collection=collection).delete()
+        Collection.objects.filter(pk=collection.pk).delete()
+        transaction.on_commit(lambda: _delete_files(names))
+
+
+# --- Webhooks -------------------------------------------------------------------------------
+
+MAX_WEBHOOKS_PER_USER = 10
+DELIVERY_MAX_ATTEMPTS = 5
+# Retries 30 s, 2 min, 8 min and 32 min after a failed attempt (published by webhooks_sweep
+# every 15 s: the first retry comes within a minute), then the delivery is marked failed.
+DELIVERY_FIRST_RETRY = timedelta(seconds=30)
+DELIVERY_BACKOFF_FACTOR = 4
+# A claimed attempt not recorded by then (its worker died) is due again.
+DELIVERY_LEASE = timedelta(seconds=90)
+
+
+class InvalidWebhook(Exception):
+    """A webhook we refuse to create (bad URL or events, too many): a 400 with this message."""
+
+
+def webhook_create(*, owner: AbstractBaseUser, url: str, events: list[str]) -> Webhook:
+    """Register a URL for the owner's events; its signing secret is generated here."""
+    url = (url or "").strip()
+    if not url or len(url) > 2000:
+        raise InvalidWebhook("Give the URL to POST to (at most 2000 characters).")
+    wanted = sorted(set(events or []))
+    unknown = [e for e in wanted if e not in Webhook.Event.values]
+    if not wanted or unknown:
+        raise InvalidWebhook(
+            f"events must be a non-empty list of {', '.join(Webhook.Event.values)}"
+            + (f"; unknown: {', '.join(map(str, unknown))}." if unknown else ".")
+        )
+    try:
+        outbound.check_url(url, allow_loopback=settings.SEGWEB["WEBHOOK_ALLOW_LOOPBACK"])
+    except outbound.DestinationRefused as exc:
+        raise InvalidWebhook(str(exc)) from exc
+    with transaction.atomic():
+        if Webhook.objects.filter(owner=owner).count() >= MAX_WEBHOOKS_PER_USER:
+            raise InvalidWebhook(f"At most {MAX_WEBHOOKS_PER_USER} webhooks per user.")
+        return Webhook.objects.create(owner=owner, url=url, events=wanted)
+
+
+def webhook_delete(*, webhook: Webhook) -> None:
+    """Delete a webhook with its deliveries; a delivery in flight is not recorded."""
+    Webhook.objects.filter(pk=webhook.pk).delete()
+
+
+def _announce_finished(job_ids: list) -> None:
+    # The one hook of job completion: after the commit, and never able to fail the job.
+    ids = list(job_ids)
+    transaction.on_commit(lambda: jobs_finished_announce(job_ids=ids), robust=True)
+
+
+def jobs_finished_announce(*, job_ids: Iterable[uuid.UUID]) -> None:
+    """Tell webhooks that these jobs finished, and finish the collections they complete."""
+    jobs = Job.objects.filter(pk__in=list(job_ids), status__in=Job.FINISHED)
+    for job in jobs:
+        _webhooks_announce(
+            owner_id=job.owner_id, event=Webhook.Event.JOB_FINISHED, payload=_job_payload(job)
+        )
+        if job.collection_id:
+            collection_check_finished(collection_id=job.collection_id)
+
+
+def _webhooks_announce(*, owner_id: int, event: str, payload: dict) -> None:
+    hooks = [h for h in Webhook.objects.filter(owner_id=owner_id) if event in h.events]
+    if not hooks:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        deliveries = WebhookDelivery.objects.bulk_create(
+            WebhookDelivery(webhook=h, event=event, payload=payload, next_attempt_at=now)
+            for h in hooks
+        )
+        for delivery in deliveries:
+            transaction.on_commit(lambda pk=delivery.pk: _publish_delivery(pk))
+
+
+def _link(view_name: str, *args) -> str:
+    return settings.SEGWEB["PUBLIC_URL"] + reverse(view_name, args=args)
+
+
+def _job_payload(job: Job) -> dict:
+    labels = sorted(set(job.detections.values_list("label", flat=True)))
+    return {
+        "event": Webhook.Event.JOB_FINISHED,
+        "job": {
+            "id": str(job.pk),
+            "status": job.status,
+            "original_filename": job.original_filename,
+            "collection": str(job.collection_id) if job.collection_id else None,
+            "model": job.model,
+            "labels": labels,
+            "detections": job.detections.count(),
+            "error": job.error,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "url": _link("api-job-detail", job.pk),
+            "page_url": _link("job-detail", job.pk),
+        },
+    }
+
+
+def _collection_payload(collection: Collection) -> dict:
+    progress = collection.progress
+    if progress["failed"] == 0:
+        status = "succeeded"
+    elif progress["done"] == 0:
+        status = "failed"
+    else:
+        status = "partial"
+    return {
+        "event": Webhook.Event.COLLECTION_FINISHED,
+        "collection": {
+            "id": str(collection.pk),
+            "name": collection.name,
+            "status": status,
+            "progress": progress,
+            "rejected": len(collection.rejected),
+            "url": _link("api-collection-detail", collection.pk),
+            "page_url": _link("collection-detail", collection.pk),
+            "jobs_url": settings.SEGWEB["PUBLIC_URL"] + collection.jobs_path,
+        },
+    }
+
+
+def _publish_delivery(delivery_id: uuid.UUID) -> None:
+    from .tasks import deliver_webhook
+
+    try:
+        deliver_webhook.apply_async(
+            args=[str(delivery_id)],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        )
+    except Exception:  # noqa: BLE001 - broker down: webhooks_sweep publishes it later
+        logger.warning("queue: cannot publish delivery %s now; the sweep will", delivery_id)
+
+
+def webhook_delivery_attempt(*, delivery_id: uuid.UUID | str) -> WebhookAttempt | None:
+    """Claim a due delivery, POST it once (signed), and record the attempt and what follows:
+    delivered, due again after a backoff, or failed for good. None if it was not due here."""
+    now = timezone.now()
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+    ).update(attempts=F("attempts") + 1, next_attempt_at=now + DELIVERY_LEASE)
+    if not claimed:
+        return None
+    delivery = WebhookDelivery.objects.select_related("webhook").get(pk=delivery_id)
+    webhook = delivery.webhook
+    timestamp = int(time.time())
+    # The timestamp is in the signed body (and repeated in a header): a receiver that refuses
+    # old timestamps refuses replays, and nobody can change it without the secret.
+    body = json.dumps(
+        {**delivery.payload, "delivery": str(delivery.pk), "timestamp": timestamp},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Segweb-Event": delivery.event,
+        "X-Segweb-Delivery": str(delivery.pk),
+        "X-Segweb-Timestamp": str(timestamp),
+        "X-Segweb-Signature": outbound.sign(body, webhook.secret),
+    }
+    started = time.perf_counter()
+    http_status, error = None, ""
+    try:  # outside any transaction: the receiver may take seconds
+        answer = outbound.post(
+            webhook.url, body, headers, allow_loopback=settings.SEGWEB["WEBHOOK_ALLOW_LOOPBACK"]
+        )
+    except outbound.DestinationRefused as exc:
+        outcome, error = WebhookAttempt.Outcome.REFUSED, str(exc)
+    except requests.RequestException as exc:
+        outcome, error = WebhookAttempt.Outcome.NETWORK_ERROR, _describe_network_error(exc)
+    else:
+        http_status = answer.status
+        if 200 <= answer.status < 300:
+            outcome = WebhookAttempt.Outcome.SUCCESS
+        else:
+            outcome = WebhookAttempt.Outcome.HTTP_ERROR
+            error = f"HTTP {answer.status} {answer.reason}".strip()
+            if 300 <= answer.status < 400:
+                error += " (redirects are not followed)"
+    duration_ms = round((time.perf_counter() - started) * 1000)
+    done = timezone.now()
+    if outcome == WebhookAttempt.Outcome.SUCCESS:
+        update = {"status": WebhookDelivery.Status.DELIVERED, "next_attempt_at": None,
+                  "finished_at": done}  # fmt: skip
+    elif delivery.attempts >= DELIVERY_MAX_ATTEMPTS:
+        update = {"status": WebhookDelivery.Status.FAILED, "next_attempt_at": None,
+                  "finished_at": done}  # fmt: skip
+    else:
+        backoff = DELIVERY_FIRST_RETRY * DELIVERY_BACKOFF_FACTOR ** (delivery.attempts - 1)
+        update = {"next_attempt_at": done + backoff}
+    with transaction.atomic():
+        current = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=WebhookDelivery.Status.PENDING, attempts=delivery.attempts
+        ).update(**update)
+        if not current:  # the webhook was deleted meanwhile (or the lease ran out)
+            return None
+        return WebhookAttempt.objects.create(
+            delivery=delivery,
+            number=delivery.attempts,
+            at=now,
+            outcome=outcome,
+            http_status=http_status,
+            error=error[:2000],
+            duration_ms=duration_ms,
+        )
+
+
+def _describe_network_error(exc: Exception) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "No answer within the timeout."
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error: the certificate could not be verified."
+    if isinstance(exc, requests.ConnectionError):
+        return "Could not connect."
+    return f"Request failed ({type(exc).__name__})."
+
+
+def webhooks_sweep(*, publish: Callable[[uuid.UUID], None] | None = None) -> int:
+    """Publish deliveries whose retry is due (or whose first message was lost). Beat runs it
+    every 15 s; a duplicate message is harmless, only one claim succeeds."""
+    now = timezone.now()
+    publish = publish or _publish_delivery
+    due = list(
+        WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+        )
+        .filter(Q(attempts__gt=0) | Q(created_at__lt=now - timedelta(seconds=5)))
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:500]
+    )
+    for delivery_id in due:
+        publish(delivery_id)
+    return len(due)
+
+
+# --- Counters for /metrics ------------------------------------------------------------------
+
+
+def upload_refusal_count(*, reason: str) -> None:
+    """Count one refused photo (or archive) by reason, in the database that every web process
+    shares. Counting never changes the answer: a database error here is only logged."""
+    for _ in range(2):
+        try:
+            with transaction.atomic():
+                if not RefusedUploadCount.objects.filter(reason=reason).update(
+                    count=F("count") + 1
+                ):
+                    RefusedUploadCount.objects.create(reason=reason, count=1)
+            return
+        except IntegrityError:
+            continue  # another process created the row first: add to it
+        except DatabaseError:
+            break
+    logger.warning("metrics: refusal not counted (%s)", reason)
 
 
 # --- Keeping the queue honest ---------------------------------------------------------------
@@ -550,14 +1232,20 @@ def jobs_sweep(*, now=None, publish: Callable[[uuid.UUID], None] | None = None) 
     now = now or timezone.now()
     publish = publish or _publish
     stale = Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
-    failed = stale.filter(attempts__gte=F("attempt_limit")).update(
-        status=Job.Status.FAILED,
-        finished_at=now,
-        error=(
-            f"The worker processing this photo stopped unexpectedly ({MAX_ATTEMPTS} attempts). "
-            "It may be too large or unusual for this server."
-        ),
-    )
+    failed_ids = []
+    for job_id in stale.filter(attempts__gte=F("attempt_limit")).values_list("pk", flat=True)[:500]:
+        if stale.filter(pk=job_id).update(
+            status=Job.Status.FAILED,
+            finished_at=now,
+            error=(
+                f"The worker processing this photo stopped unexpectedly ({MAX_ATTEMPTS} "
+                "attempts). It may be too large or unusual for this server."
+            ),
+        ):
+            failed_ids.append(job_id)
+    failed = len(failed_ids)
+    if failed_ids:
+        _announce_finished(failed_ids)
     requeued_ids = list(stale.filter(attempts__lt=F("attempt_limit")).values_list("pk", flat=True))
     requeued = Job.objects.filter(pk__in=requeued_ids, status=Job.Status.RUNNING).update(
         status=Job.Status.QUEUED, enqueued_at=None, heartbeat_at=None, started_at=None

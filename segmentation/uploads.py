@@ -14,19 +14,21 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image
 
-from .inference.errors import InvalidImageError
+from .inference.errors import ImageTooLargeError, InvalidImageError
 from .inference.image import FORMAT_EXTENSIONS, apply_orientation, decode, open_image, to_rgb
 
 THUMBNAIL_SIZE = (480, 480)
 
 
 class UploadError(Exception):
-    """An upload we refuse; ``status`` is the HTTP status to answer with."""
+    """An upload we refuse; ``status`` is the HTTP status to answer with, ``reason`` a short
+    name for counting refusals (``/metrics``)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, *, reason: str = "invalid") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,18 @@ def describe_bytes(count: float) -> str:
 def validate_upload(upload: UploadedFile | None) -> ValidatedImage:
     """Check an uploaded photo completely; raise ``UploadError`` saying what is wrong."""
     if upload is None:
-        raise UploadError("No image was sent: attach a photo in the 'image' field.")
+        raise UploadError(
+            "No image was sent: attach a photo in the 'image' field.", reason="missing"
+        )
     size = upload.size or 0
     if size == 0:
-        raise UploadError("The file is empty.")
+        raise UploadError("The file is empty.", reason="empty")
     limit = max_upload_bytes()
     if size > limit:
         raise UploadError(
-            f"The file is {describe_bytes(size)}; the limit is {describe_bytes(limit)}.", 413
+            f"The file is {describe_bytes(size)}; the limit is {describe_bytes(limit)}.",
+            413,
+            reason="too_large",
         )
     upload.seek(0)
     try:
@@ -70,8 +76,10 @@ def validate_upload(upload: UploadedFile | None) -> ValidatedImage:
             rgb = to_rgb(apply_orientation(image))
             width, height = rgb.size
             thumbnail = _thumbnail(rgb)
-    except InvalidImageError as exc:  # ImageTooLargeError included
-        raise UploadError(str(exc)) from exc
+    except ImageTooLargeError as exc:
+        raise UploadError(str(exc), reason="too_many_pixels") from exc
+    except InvalidImageError as exc:
+        raise UploadError(str(exc), reason="not_an_image") from exc
     finally:
         upload.seek(0)
     buffer = io.BytesIO()
@@ -101,7 +109,9 @@ def validate_threshold(value: object) -> float:
         threshold = float(value)
     except (TypeError, ValueError):
         message = f"score_threshold must be a number between 0 and 1, not {value!r}."
-        raise UploadError(message) from None
+        raise UploadError(message, reason="bad_option") from None
     if not 0.0 <= threshold <= 1.0 or threshold != threshold:
-        raise UploadError(f"score_threshold must be between 0 and 1, not {value}.")
+        raise UploadError(
+            f"score_threshold must be between 0 and 1, not {value}.", reason="bad_option"
+        )
     return threshold

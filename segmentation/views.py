@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -16,10 +18,10 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import files, health, services
+from . import files, health, metrics, results, services
 from .coco_export import job_to_coco
-from .forms import SignupForm, UploadForm, unavailable_models
-from .models import Detection, Job
+from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
+from .models import Collection, Detection, Job, Webhook
 from .uploads import UploadError, describe_bytes
 
 MAX_FILES_PER_POST = 20
@@ -55,6 +57,9 @@ def upload(request: HttpRequest) -> HttpResponse:
     if len(uploads) > MAX_FILES_PER_POST:
         message = f"At most {MAX_FILES_PER_POST} photos at once."
         return _upload_refused(request, wants_json, message, 400, form)
+
+    if len(uploads) > 1 and not wants_json:
+        return _upload_collection(request, form, uploads)
 
     created, errors = [], []
     for upload_file in uploads:
@@ -93,6 +98,27 @@ def upload(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"{len(created)} photo(s) queued.")
     context = _upload_context(form, file_errors=errors)
     return render(request, "segmentation/upload.html", context, status=_worst(errors))
+
+
+def _upload_collection(request, form: UploadForm, uploads: list) -> HttpResponse:
+    """Several photos in one form post: one collection (each photo still through job_create)."""
+    try:
+        collection = services.collection_create_from_photos(
+            owner=request.user,
+            uploads=uploads,
+            score_threshold=form.cleaned_data["score_threshold"],
+            model=form.cleaned_data["model"],
+        )
+    except services.CollectionRefused as exc:
+        errors = [{"file": r["name"], "error": r["reason"]} for r in exc.rejected]
+        context = _upload_context(form, form_error=exc.message, file_errors=errors)
+        return render(request, "segmentation/upload.html", context, status=400)
+    except (UploadError, services.StorageUnavailable) as exc:
+        code = getattr(exc, "status", 503)
+        context = _upload_context(form, form_error=getattr(exc, "message", str(exc)))
+        return render(request, "segmentation/upload.html", context, status=code)
+    messages.success(request, f"{collection.progress['total']} photos queued.")
+    return redirect("collection-detail", pk=collection.pk)
 
 
 def _worst(errors: list[dict]) -> int:
@@ -137,10 +163,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(jobs.only(*_CARD_FIELDS), settings.SEGWEB["HISTORY_PAGE_SIZE"]).get_page(
         request.GET.get("page")
     )
-    labels_by_job = _labels_for(page.object_list)
-    cards = [(job, labels_by_job.get(job.pk, [])) for job in page.object_list]
+    chips = results.chips_for(page.object_list)
+    cards = [(job, chips.get(job.pk, [])) for job in page.object_list]
     all_labels = (
-        Detection.objects.filter(job__in=mine)
+        Detection.objects.above_threshold()
+        .filter(job__in=mine)
         .values_list("label", flat=True)
         .distinct()
         .order_by("label")
@@ -161,23 +188,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 
 _CARD_FIELDS = (
-    "id", "owner_id", "status", "thumbnail", "original_filename", "created_at", "finished_at",
-    "model", "width", "height", "hidden",
+    "id", "owner_id", "status", "thumbnail", "overlay_thumbnail", "original_filename",
+    "created_at", "finished_at", "model", "width", "height", "hidden", "score_threshold",
 )  # fmt: skip
-
-
-def _labels_for(jobs) -> dict:
-    """Distinct classes per job, for the chips: one query for the whole page."""
-    out: dict = {}
-    rows = (
-        Detection.objects.filter(job__in=[j.pk for j in jobs])
-        .values_list("job_id", "label")
-        .distinct()
-        .order_by("job_id", "label")
-    )
-    for job_id, label in rows:
-        out.setdefault(job_id, []).append(label)
-    return out
 
 
 def _query_without_page(request: HttpRequest) -> str:
@@ -197,12 +210,19 @@ def _visible_job(request: HttpRequest, pk) -> Job:
 @require_GET
 def job_detail(request: HttpRequest, pk) -> HttpResponse:
     job = _visible_job(request, pk)
-    return render(request, "segmentation/job_detail.html", _detail_context(job))
+    return render(request, "segmentation/job_detail.html", _detail_context(job, request.user))
 
 
-def _detail_context(job: Job) -> dict:
-    detections = list(job.detections.all()) if job.status == Job.Status.SUCCEEDED else []
-    return {"job": job, "detections": detections, "labels": sorted({d.label for d in detections})}
+def _detail_context(job: Job, user) -> dict:
+    found = results.job_results(job)
+    can_change = services.can_change_threshold(user=user, job=job)
+    return {
+        "job": job,
+        "results": found,
+        "can_change": can_change,
+        "viewer": results.viewer_data(job, found, can_change=can_change),
+        "version": files.version(job),
+    }
 
 
 @never_cache
@@ -211,7 +231,8 @@ def _detail_context(job: Job) -> dict:
 def job_status(request: HttpRequest, pk) -> JsonResponse:
     """Polled by the job page while the job is queued or running."""
     job = _visible_job(request, pk)
-    body = render_to_string("segmentation/_job_body.html", _detail_context(job), request=request)
+    context = _detail_context(job, request.user)
+    body = render_to_string("segmentation/_job_body.html", context, request=request)
     return JsonResponse({"status": job.status, "finished": job.is_finished, "html": body})
 
 
@@ -257,7 +278,10 @@ def job_rate_wait(request: HttpRequest) -> float | None:
 @require_GET
 def job_file(request: HttpRequest, pk, kind: str) -> HttpResponse:
     job = _visible_job(request, pk)
-    return files.serve(job, kind, attachment=request.GET.get("download") == "1")
+    try:
+        return files.serve(job, kind, attachment=request.GET.get("download") == "1")
+    except services.StorageUnavailable as exc:
+        return HttpResponse(str(exc), status=503, content_type="text/plain")
 
 
 @login_required
@@ -270,6 +294,130 @@ def job_coco(request: HttpRequest, pk) -> HttpResponse:
     response = HttpResponse(json.dumps(job_to_coco(job), indent=1), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{stem}-coco.json"'
     return response
+
+
+# --- Collections ----------------------------------------------------------------------------
+
+COLLECTION_PAGE_SIZE = 48
+
+
+def _visible_collection(request: HttpRequest, pk) -> Collection:
+    collections = Collection.objects.for_user(request.user).with_progress()
+    return get_object_or_404(collections, pk=pk)
+
+
+@login_required
+@require_GET
+def collection_list(request: HttpRequest) -> HttpResponse:
+    mine = Collection.objects.for_user(request.user).filter(owner=request.user).with_progress()
+    page = Paginator(mine, settings.SEGWEB["HISTORY_PAGE_SIZE"]).get_page(request.GET.get("page"))
+    return render(request, "segmentation/collection_list.html", {"page": page})
+
+
+@login_required
+@require_GET
+def collection_detail(request: HttpRequest, pk) -> HttpResponse:
+    collection = _visible_collection(request, pk)
+    jobs = Job.objects.for_user(request.user).filter(collection=collection)
+    page = Paginator(jobs.only(*_CARD_FIELDS), COLLECTION_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    chips = results.chips_for(page.object_list)  # classes above each job's threshold
+    labels_by_job = {job_id: [c[0] for c in job_chips] for job_id, job_chips in chips.items()}
+    return render(
+        request,
+        "segmentation/collection_detail.html",
+        {
+            "collection": collection,
+            "progress": collection.progress,
+            "page": page,
+            "cards": [(job, labels_by_job.get(job.pk, [])) for job in page.object_list],
+        },
+    )
+
+
+@login_required
+@require_POST
+def collection_cancel(request: HttpRequest, pk) -> HttpResponse:
+    count = services.collection_cancel(collection=_visible_collection(request, pk))
+    messages.success(request, f"{count} queued photo(s) cancelled.")
+    return redirect("collection-detail", pk=pk)
+
+
+@login_required
+@require_POST
+def collection_retry(request: HttpRequest, pk) -> HttpResponse:
+    collection = _visible_collection(request, pk)
+    wait = job_rate_wait(request)
+    if wait is not None:
+        messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
+        return redirect("collection-detail", pk=pk)
+    try:
+        count = services.collection_retry(collection=collection)
+    except services.ModelNotRunning as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{count} failed photo(s) queued again.")
+    return redirect("collection-detail", pk=pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def collection_delete(request: HttpRequest, pk) -> HttpResponse:
+    collection = _visible_collection(request, pk)
+    if request.method == "GET":
+        return render(
+            request,
+            "segmentation/collection_confirm_delete.html",
+            {"collection": collection, "progress": collection.progress},
+        )
+    services.collection_delete(collection=collection)
+    messages.success(request, f"Deleted {collection.name} and its photos.")
+    return redirect("collection-list")
+
+
+# --- Account: webhooks ----------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account(request: HttpRequest) -> HttpResponse:
+    form = WebhookForm(request.POST or None)
+    created = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                created = services.webhook_create(owner=request.user, **form.cleaned_data)
+            except services.InvalidWebhook as exc:
+                form.add_error("url", str(exc))
+        if created is None:
+            status = 400
+        else:
+            form = WebhookForm()
+    webhooks = Webhook.objects.filter(owner=request.user).prefetch_related(
+        Prefetch("deliveries", queryset=_recent_deliveries(), to_attr="recent")
+    )
+    # The secret is shown once, in the answer to the POST that created it (not in a redirect:
+    # it would travel through the session's message store).
+    context = {"form": form, "webhooks": webhooks, "created": created}
+    return render(request, "segmentation/account.html", context, status=status)
+
+
+def _recent_deliveries():
+    from .models import WebhookDelivery
+
+    # The last 10 of each webhook (Django slices prefetches per webhook with a window query).
+    return WebhookDelivery.objects.prefetch_related("attempt_log").order_by("-created_at")[:10]
+
+
+@login_required
+@require_POST
+def webhook_delete(request: HttpRequest, pk) -> HttpResponse:
+    webhook = get_object_or_404(Webhook.objects.filter(owner=request.user), pk=pk)
+    services.webhook_delete(webhook=webhook)
+    messages.success(request, f"Webhook to {webhook.url} deleted.")
+    return redirect("account")
 
 
 # --- Accounts -------------------------------------------------------------------------------
@@ -305,6 +453,24 @@ def readyz(request: HttpRequest) -> JsonResponse:
         {"ready": not failing, "checks": {k: v or "ok" for k, v in checks.items()}},
         status=503 if failing else 200,
     )
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics, for ``Authorization: Bearer $SEGWEB_METRICS_TOKEN``; 404 when the
+    setting is empty (the route does not exist then)."""
+    token = settings.SEGWEB["METRICS_TOKEN"]
+    if not token:
+        raise Http404("Metrics are off: set SEGWEB_METRICS_TOKEN.")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        response = HttpResponse("A valid bearer token is required.\n", status=401,
+                                content_type="text/plain")  # fmt: skip
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)
 
 
 # --- Errors ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -199,6 +200,9 @@ SEGWEB = {
     "DEFAULT_THRESHOLD": env.float("SEGWEB_DEFAULT_THRESHOLD", default=0.5),
     # Whether users may pick a job's precision (fp32, int8); else every job gets SEGWEB_PRECISION.
     "PRECISION_PER_JOB": env.bool("SEGWEB_PRECISION_PER_JOB", default=False),
+    # Detections down to this score are kept (or down to a job's own threshold, if lower), so
+    # that a job's threshold can be lowered afterwards without running the model again.
+    "KEEP_MIN_SCORE": env.float("SEGWEB_KEEP_MIN_SCORE", default=0.25),
     "JOB_TIME_LIMIT": env.int("SEGWEB_JOB_TIME_LIMIT", default=600),  # seconds
     "HISTORY_PAGE_SIZE": 24,
     # Recovery of jobs a dead worker or a lost message left behind (services.jobs_sweep). A
@@ -211,7 +215,24 @@ SEGWEB = {
     # A queued job published this long ago and still not taken is published again: what
     # recovers jobs whose message the broker lost (a Redis restarted without persistence).
     "REQUEUE_AFTER_SECONDS": env.float("SEGWEB_REQUEUE_AFTER_SECONDS", default=600),
+    # Collections: one ZIP (or one request of several photos) becomes many jobs. Each photo is
+    # still checked against MAX_UPLOAD_BYTES and MAX_PIXELS; these bound the archive itself.
+    "ARCHIVE_MAX_BYTES": int(env.float("SEGWEB_ARCHIVE_MAX_MB", default=1024) * 1024 * 1024),
+    "ARCHIVE_MAX_MEMBERS": env.int("SEGWEB_ARCHIVE_MAX_FILES", default=500),
+    "ARCHIVE_MAX_TOTAL_BYTES": int(
+        env.float("SEGWEB_ARCHIVE_MAX_TOTAL_MB", default=2048) * 1024 * 1024
+    ),
+    # Webhooks: links in their bodies start with this (e.g. https://segweb.example.com); empty,
+    # they are paths. Loopback destinations are for tests and one-machine set-ups only.
+    "PUBLIC_URL": env.str("SEGWEB_PUBLIC_URL", default="").rstrip("/"),
+    "WEBHOOK_ALLOW_LOOPBACK": env.bool("SEGWEB_WEBHOOK_ALLOW_LOOPBACK", default=False),
+    "WEBHOOK_SWEEP_SECONDS": 15,  # retries are published by this sweep when they fall due
+    # GET /metrics answers only with "Authorization: Bearer <this>"; empty, it is a 404.
+    "METRICS_TOKEN": env.str("SEGWEB_METRICS_TOKEN", default=""),
 }
+# Several photos in one form post or API request (a collection): Django's own cap on the
+# number of files, raised to the collection limit (Label Studio users hit its default of 100).
+DATA_UPLOAD_MAX_NUMBER_FILES = SEGWEB["ARCHIVE_MAX_MEMBERS"]
 if SEGWEB["STALE_AFTER_SECONDS"] < 3 * SEGWEB["HEARTBEAT_SECONDS"]:
     # Otherwise one late heartbeat (a busy database) would have a healthy job run twice.
     raise ImproperlyConfigured(
@@ -245,6 +266,16 @@ else:
             # Several segweb instances (or test runs) can share one Redis: each prefixes its keys.
             global_keyprefix=env.str("SEGWEB_REDIS_KEY_PREFIX", default=""),
         )
+# Webhook deliveries have a queue of their own, which every worker also consumes: they are not
+# stuck behind hundreds of queued photos, and a photo waits at most for one short delivery.
+CELERY_TASK_QUEUES = (
+    Queue("celery", Exchange("celery"), routing_key="celery"),
+    Queue("webhooks", Exchange("webhooks"), routing_key="webhooks"),
+)
+CELERY_TASK_ROUTES = {
+    "segmentation.deliver_webhook": {"queue": "webhooks"},
+    "segmentation.sweep_webhooks": {"queue": "webhooks"},
+}
 CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not in a result backend
 CELERY_TASK_ACKS_LATE = True  # a job whose worker dies is delivered again
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -273,6 +304,12 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep that waited longer than one interval in the queue is superseded by the next.
         "options": {"expires": SEGWEB["SWEEP_INTERVAL_SECONDS"]},
     },
+    # Publishes webhook deliveries whose retry is due (services.webhooks_sweep).
+    "sweep-webhooks": {
+        "task": "segmentation.sweep_webhooks",
+        "schedule": SEGWEB["WEBHOOK_SWEEP_SECONDS"],
+        "options": {"expires": SEGWEB["WEBHOOK_SWEEP_SECONDS"]},
+    },
 }
 
 # --- REST API -------------------------------------------------------------------------------
@@ -290,6 +327,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "job_create": env.str("SEGWEB_JOB_CREATE_RATE", default="60/min"),
         "token": env.str("SEGWEB_TOKEN_RATE", default="20/min"),  # slows password guessing
+        # Each change may cost one overlay re-render (about a second for 12 MP) on next view.
+        "threshold": env.str("SEGWEB_THRESHOLD_RATE", default="30/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import ipaddress
+import socket
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,34 @@ def private_storage(settings, tmp_path):
     }
     settings.AWS_STORAGE_BUCKET_NAME = ""
     return tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch):
+    """No DNS lookups in tests: names other than localhost do not resolve (pytest-socket blocks
+    connections, but the resolver talks to the network by itself). Webhook URLs are resolved
+    when created; a fuzzed "http://abc/" must not leave the machine."""
+    real = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host or "")
+        if name not in ("localhost", "", "None") and not _is_address(name):
+            raise socket.gaierror(socket.EAI_NONAME, f"DNS is off in tests ({name})")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
+def _is_address(name: str) -> bool:
+    """An IP address in any form the resolver reads without DNS (also "2130706433")."""
+    try:
+        ipaddress.ip_address(name.strip("[]").split("%", 1)[0])
+    except ValueError:
+        try:
+            socket.inet_aton(name)
+        except OSError:
+            return False
+    return True
 
 
 class FaultyStorage(FileSystemStorage):

@@ -63,9 +63,11 @@ def test_sign_in_upload_watch_it_finish_and_find_it_in_history(browser, segweb):
     assert page.evaluate("window.__notReloaded === true")
     assert page.url == job_url
 
-    overlay = page.locator("img#overlay")
-    overlay.wait_for()
-    assert page.evaluate("document.querySelector('img#overlay').naturalWidth") == 512
+    # The viewer starts on the swapped-in results: the photo with its masks drawn in the page.
+    page.wait_for_function("window.segwebViewer && window.segwebViewer.stats.firstDrawMs")
+    assert page.evaluate("window.segwebViewer.instances.some(i => i.label === 'person')")
+    page.locator("#stage-photo").wait_for()
+    page.wait_for_function("document.getElementById('stage-photo').naturalWidth === 512")
     assert "person" in page.locator("#detections").inner_text()
 
     OUTPUT.mkdir(exist_ok=True)

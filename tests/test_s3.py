@@ -168,7 +168,8 @@ def test_a_worker_that_cannot_write_the_overlay_fails_the_job(
     owner, s3_storage, broken_store, monkeypatch
 ):
     job = create_job(owner)
-    result = services._Result([], ContentFile(image_bytes()), "torch", 5)
+    png = ContentFile(image_bytes())
+    result = services._Result([], services._Pictures(0.5, png, png, png), "torch", 5)
     monkeypatch.setattr(services, "_segment", lambda job: result)
     broken_store("secret")
     services.job_run(job_id=job.pk)

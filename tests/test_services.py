@@ -70,7 +70,8 @@ def test_an_unknown_precision_is_refused_naming_the_choices(owner, settings, pri
 
 def test_a_finished_job_records_the_precision_that_ran(owner, monkeypatch, settings):
     settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": True}
-    result = services._Result([], _png(), "openvino", 5, precision="int8")
+    pictures = services._Pictures(0.5, _png(), _png(), _png())
+    result = services._Result([], pictures, "openvino", 5, precision="int8")
     monkeypatch.setattr(services, "_segment", lambda job: result)
     job = services.job_create(owner=owner, upload=photo_upload(), precision="int8")
     services.job_run(job_id=job.pk)
@@ -96,7 +97,10 @@ def test_storage_failure_in_the_worker_fails_the_job(owner, faulty_storage):
 
 
 def test_storage_failure_saving_the_overlay_fails_the_job(owner, faulty_storage, monkeypatch):
-    monkeypatch.setattr(services, "_segment", lambda job: services._Result([], _png(), "torch", 5))
+    pictures = services._Pictures(0.5, _png(), _png(), _png())
+    monkeypatch.setattr(
+        services, "_segment", lambda job: services._Result([], pictures, "torch", 5)
+    )
     job = create_job(owner)
     faulty_storage.fail_save = ("overlays/",)
     services.job_run(job_id=job.pk)
@@ -219,8 +223,11 @@ def test_the_real_engine_segments_a_job(owner, private_storage):
     assert job.runtime
     assert job.precision == "fp32"
     assert job.inference_ms > 0
-    assert job.overlay.name == f"overlays/{owner.pk}/{job.pk}.png"
-    assert default_storage.exists(job.overlay.name)
+    assert job.overlay.name.startswith(f"overlays/{owner.pk}/{job.pk}-")
+    assert job.overlay.name.endswith(".png")
+    for name in (job.overlay.name, job.overlay_thumbnail.name, job.preview.name):
+        assert default_storage.exists(name), name
+    assert job.kept_min_score == 0.25 and job.overlay_threshold == 0.5
     cup = job.detections.get(label="cup")
     assert cup.rle["size"] == [job.height, job.width]
     assert cup.area > 10_000

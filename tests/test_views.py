@@ -7,7 +7,8 @@ import json
 import pytest
 from django.urls import reverse
 
-from segmentation.models import Job
+from segmentation import services
+from segmentation.models import Collection, Job
 from tests.conftest import image_bytes, photo_upload, stored_files
 from tests.factories import create_job, fail, succeed
 from tests.photos import CHELSEA, ROCKET
@@ -88,13 +89,15 @@ def test_uploading_one_photo_opens_its_job_page(owner_client, owner):
     assert job.score_threshold == 0.4
 
 
-def test_uploading_several_photos_makes_one_job_each(owner_client, owner):
+def test_uploading_several_photos_makes_one_job_each_in_one_collection(owner_client, owner):
     files = [photo_upload(), photo_upload(CHELSEA), photo_upload(ROCKET)]
     response = owner_client.post(
         reverse("upload"), {"images": files, "score_threshold": "0.5", "model": "yolov7_seg"}
     )
+    collection = Collection.objects.get(owner=owner)
     assert response.status_code == 302
-    assert Job.objects.filter(owner=owner).count() == 3
+    assert response["Location"] == reverse("collection-detail", args=[collection.pk])
+    assert Job.objects.filter(owner=owner, collection=collection).count() == 3
 
 
 def test_bad_files_get_their_error_next_to_their_name(owner_client, owner, private_storage):
@@ -106,10 +109,11 @@ def test_bad_files_get_their_error_next_to_their_name(owner_client, owner, priva
         SimpleUploadedFile("empty.png", b""),
     ]
     response = owner_client.post(
-        reverse("upload"), {"images": files, "score_threshold": "0.5", "model": "auto"}
-    )
+        reverse("upload"), {"images": files, "score_threshold": "0.5", "model": "auto"},
+        follow=True,
+    )  # fmt: skip
     html = response.content.decode()
-    assert response.status_code == 400
+    assert response.status_code == 200
     assert "notes.jpg" in html
     assert "not an image in a supported format" in html
     assert "empty.png" in html
@@ -169,7 +173,8 @@ def test_history_lists_newest_first_with_classes(owner_client, owner):
     newer = succeed(create_job(owner), labels=("cup", "spoon"))
     html = owner_client.get(reverse("job-list")).content.decode()
     assert html.index(str(newer.pk)) < html.index(str(older.pk))
-    assert '<a class="chip" href="?label=spoon">spoon</a>' in html
+    assert 'href="?label=spoon"' in html
+    assert 'aria-label="1 spoon">spoon <span class="chip-count">1</span></a>' in html
 
 
 def test_history_filters_by_class_and_status(owner_client, owner):
@@ -373,3 +378,53 @@ def test_unusual_but_valid_images_are_accepted(owner_client, owner):
         )
         assert response.status_code == 201, (name, response.content)
     assert Job.objects.filter(owner=owner).count() == len(cases)
+
+
+def test_job_page_lists_every_kept_instance_and_hides_those_below_the_threshold(
+    owner_client, owner
+):
+    job = succeed(create_job(owner), labels=("cup", "spoon", "bowl"))
+    services.job_set_threshold(job=job, threshold=0.75)
+    html = owner_client.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert '<span id="shown-count">2</span>' in html
+    assert html.count('<tr data-rank="') == 3
+    assert '<tr data-rank="2" tabindex="0" hidden>' in html
+    data = json.loads(
+        html.split('id="viewer-data" type="application/json">')[1].split("</script>")[0]
+    )
+    assert (data["threshold"], data["min"], data["canChange"]) == (0.75, 0.25, True)
+    assert [i[1] for i in data["instances"]] == ["cup", "spoon", "bowl"]
+    assert all(i[8].startswith("#") and isinstance(i[9], str) for i in data["instances"])
+
+
+def test_job_page_has_no_inline_script_handler_or_style(owner_client, job):
+    html = owner_client.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert " style=" not in html
+    assert " onsubmit=" not in html and " onclick=" not in html
+    scripts = html.split("<script")[1:]
+    assert all(
+        ' src="' in s.split(">")[0] or "application/json" in s.split(">")[0] for s in scripts
+    )
+
+
+def test_history_chips_count_instances_above_each_jobs_threshold(owner_client, owner):
+    job = succeed(create_job(owner), labels=("cup", "cup", "spoon"))
+    html = owner_client.get(reverse("job-list")).content.decode()
+    assert 'aria-label="2 cup"' in html and 'aria-label="1 spoon"' in html
+    services.job_set_threshold(job=job, threshold=0.85)
+    html = owner_client.get(reverse("job-list")).content.decode()
+    assert 'aria-label="1 cup"' in html and "spoon" not in html
+    assert (
+        str(job.pk)
+        not in owner_client.get(reverse("job-list"), {"label": "spoon"}).content.decode()
+    )
+
+
+def test_history_polls_one_api_request_for_its_waiting_jobs(owner_client, owner):
+    waiting = [create_job(owner) for _ in range(2)]
+    done = succeed(create_job(owner))
+    ids = ",".join(str(j.pk) for j in waiting)
+    body = owner_client.get("/api/jobs/", {"id": ids}).json()
+    assert {r["id"] for r in body["results"]} == {str(j.pk) for j in waiting}
+    assert str(done.pk) not in {r["id"] for r in body["results"]}
+    assert owner_client.get("/api/jobs/", {"id": "not-a-uuid"}).status_code == 400

@@ -11,8 +11,8 @@ def exception_handler(exc, context):
     if response is None:
         return None
     data = response.data
-    if isinstance(data, dict) and set(data) == {"detail"}:
-        return response
+    if isinstance(data, dict) and isinstance(data.get("detail"), str):
+        return response  # a detail of the view's own, maybe with more fields (``rejected``)
     response.data = {"detail": _summary(data), "errors": data}
     return response
 

@@ -9,7 +9,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import files
-from ..models import Detection, Job
+from ..models import Collection, Detection, Job, Webhook, WebhookAttempt, WebhookDelivery
+from ..results import summarise
 
 THRESHOLD_MESSAGE = "score_threshold must be a number between 0 and 1."
 
@@ -46,6 +47,36 @@ class JobOptionsSerializer(serializers.Serializer):
         return value
 
 
+class JobThresholdSerializer(serializers.Serializer):
+    """``PATCH /api/jobs/{id}/``: the one field that can change after the fact."""
+
+    score_threshold = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Show detections scoring at least this: from the job's kept_min_score to 1. "
+        "The model does not run again.",
+    )
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"detail": 'Send a JSON object: {"score_threshold": 0.4}.'}
+            )
+        unknown = sorted(set(data) - {"score_threshold"})
+        if unknown:
+            raise serializers.ValidationError(
+                {"detail": f"Only score_threshold can be changed, not {', '.join(unknown)}."}
+            )
+        if isinstance(data.get("score_threshold"), bool):
+            raise serializers.ValidationError({"score_threshold": "A number, not true or false."})
+        return super().to_internal_value(data)
+
+    def validate_score_threshold(self, value: float) -> float:
+        if not math.isfinite(value):
+            raise serializers.ValidationError("A finite number.")
+        return value
+
+
 class JobCreateSerializer(JobOptionsSerializer):
     """Schema of ``POST /api/jobs/``; the photo is validated by ``uploads.validate_upload``."""
 
@@ -68,21 +99,48 @@ class DetectionSerializer(serializers.ModelSerializer):
         fields = ["label", "score", "box", "area", "segmentation"]
 
 
+class ClassSerializer(serializers.Serializer):
+    label = serializers.CharField()
+    count = serializers.IntegerField()
+    colour = serializers.CharField(help_text="#rrggbb, as in the overlay and the pages.")
+
+
 class JobSummarySerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="api-job-detail")
-    labels = serializers.SerializerMethodField(help_text="Distinct classes detected.")
+    labels = serializers.SerializerMethodField(
+        help_text="Distinct classes detected (scoring at least score_threshold)."
+    )
+    classes = serializers.SerializerMethodField(
+        help_text="Classes scoring at least score_threshold, in order of first appearance (best "
+        "score first): instance count and the colour of the class in the overlay."
+    )
     thumbnail_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
         fields = [
             "id", "status", "url", "created_at", "finished_at", "original_filename",
-            "width", "height", "model", "score_threshold", "labels", "thumbnail_url",
+            "width", "height", "model", "score_threshold", "kept_min_score", "labels", "classes",
+            "thumbnail_url",
         ]  # fmt: skip
+        read_only_fields = fields
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_labels(self, job: Job) -> list[str]:
-        return sorted({d.label for d in job.detections.all()})
+        return sorted(c.label for c in self._classes(job))
+
+    @extend_schema_field(ClassSerializer(many=True))
+    def get_classes(self, job: Job) -> list[dict]:
+        return [
+            {"label": c.label, "count": c.shown, "colour": c.colour} for c in self._classes(job)
+        ]
+
+    @staticmethod
+    def _classes(job: Job) -> list:
+        # Prefetched by the views: the detections above the threshold, best first. Their colours
+        # are those of all kept detections (the palette is prefix-stable).
+        shown = [d for d in job.detections.all() if d.score >= job.score_threshold]
+        return summarise(shown, job.score_threshold).classes
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_thumbnail_url(self, job: Job) -> str | None:
@@ -92,7 +150,11 @@ class JobSummarySerializer(serializers.ModelSerializer):
 class JobSerializer(JobSummarySerializer):
     image_url = serializers.SerializerMethodField()
     overlay_url = serializers.SerializerMethodField()
-    detections = DetectionSerializer(many=True, read_only=True)
+    detections = DetectionSerializer(
+        many=True,
+        read_only=True,
+        help_text="Instances scoring at least score_threshold, best first.",
+    )
     error = serializers.CharField(help_text="Why the job failed; empty otherwise.")
 
     class Meta(JobSummarySerializer.Meta):
@@ -133,3 +195,94 @@ class ModelSerializer(serializers.Serializer):
     )
     reason = serializers.CharField(help_text="Why it cannot run; empty when usable.")
     default = serializers.BooleanField(help_text="The model 'auto' picks on this server.")
+
+
+class CollectionCreateSerializer(JobOptionsSerializer):
+    """Schema of ``POST /api/collections/``: one ZIP in ``archive``, or photos in ``images``."""
+
+    archive = serializers.FileField(
+        required=False, help_text="A ZIP of photos; each photo in it becomes a job."
+    )
+    images = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        help_text="Several photos (repeat the field); each becomes a job.",
+    )
+    name = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, help_text="Default: the ZIP's name."
+    )
+
+
+class ProgressSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    done = serializers.IntegerField(help_text="Succeeded.")
+    failed = serializers.IntegerField(help_text="Failed or cancelled.")
+
+
+class RejectedFileSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The file's name (its path inside a ZIP).")
+    reason = serializers.CharField()
+
+
+class CollectionSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="api-collection-detail")
+    progress = ProgressSerializer(read_only=True)
+    finished = serializers.BooleanField(source="is_finished", read_only=True)
+    rejected = RejectedFileSerializer(many=True, read_only=True)
+    jobs_url = serializers.SerializerMethodField(help_text="Its jobs: GET /api/jobs/?collection=")
+
+    class Meta:
+        model = Collection
+        fields = ["id", "url", "name", "source", "created_at", "finished", "finished_at",
+                  "progress", "rejected", "jobs_url"]  # fmt: skip
+
+    def get_jobs_url(self, collection: Collection) -> str:
+        return self.context["request"].build_absolute_uri(collection.jobs_path)
+
+
+class CountSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="How many jobs this changed.")
+
+
+class WebhookCreateSerializer(serializers.Serializer):
+    url = serializers.CharField(max_length=2000, help_text="http(s) URL on a public address.")
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=Webhook.Event.values),
+        allow_empty=False,
+        help_text="Events to receive.",
+    )
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    deliveries_url = serializers.HyperlinkedIdentityField(view_name="api-webhook-deliveries")
+    events = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = Webhook
+        fields = ["id", "url", "events", "created_at", "deliveries_url"]
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(
+        help_text="Key of the X-Segweb-Signature HMAC; shown only in this answer."
+    )
+
+    class Meta(WebhookSerializer.Meta):
+        fields = [*WebhookSerializer.Meta.fields, "secret"]
+
+
+class WebhookAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookAttempt
+        fields = ["number", "at", "outcome", "http_status", "error", "duration_ms"]
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    attempt_log = WebhookAttemptSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "event", "status", "attempts", "next_attempt_at", "created_at",
+                  "finished_at", "payload", "attempt_log"]  # fmt: skip

@@ -8,6 +8,8 @@ from . import views
 
 router = SimpleRouter()
 router.register("jobs", views.JobViewSet, basename="api-job")
+router.register("collections", views.CollectionViewSet, basename="api-collection")
+router.register("webhooks", views.WebhookViewSet, basename="api-webhook")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="api-token"),

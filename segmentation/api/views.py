@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.core.exceptions import TooManyFilesSent
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -19,7 +20,7 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -28,24 +29,40 @@ from rest_framework.views import APIView
 from .. import files, health, services
 from ..coco_export import job_to_coco
 from ..inference import COCO_LABELS
-from ..models import Detection, Job
+from ..models import Collection, Detection, Job, Webhook
 from ..uploads import UploadError, describe_bytes
 from .filters import JobFilter
 from .serializers import (
+    CollectionCreateSerializer,
+    CollectionSerializer,
+    CountSerializer,
     ErrorSerializer,
     JobCreateSerializer,
     JobOptionsSerializer,
     JobSerializer,
     JobSummarySerializer,
+    JobThresholdSerializer,
     ModelSerializer,
     TokenRequestSerializer,
     TokenSerializer,
+    WebhookCreatedSerializer,
+    WebhookCreateSerializer,
+    WebhookDeliverySerializer,
+    WebhookSerializer,
 )
 from .throttling import ScopedThrottle
 
 ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="No valid token or session."),
     404: OpenApiResponse(ErrorSerializer, description="No such job (or not yours)."),
+}
+
+
+# A paginated list: a bad page_size, or a page past the end.
+PAGE_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="page_size is not 1 to 100."),
+    401: ERRORS[401],
+    404: OpenApiResponse(ErrorSerializer, description="No such page."),
 }
 
 
@@ -60,6 +77,19 @@ class PayloadTooLarge(APIException):
 
 class Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
+
+
+def refused(exc: Exception) -> APIException:
+    """The one mapping from the services' upload errors to API answers."""
+    if isinstance(exc, services.StorageUnavailable):
+        return ServiceUnavailable(str(exc))
+    if isinstance(exc, services.CollectionRefused):
+        return ValidationError({"detail": exc.message, "rejected": exc.rejected})
+    if isinstance(exc, UploadError) and exc.status == 413:
+        return PayloadTooLarge(exc.message)
+    if isinstance(exc, UploadError):
+        return ValidationError({"detail": exc.message})
+    raise TypeError(f"not an upload error: {exc!r}")
 
 
 class TokenView(APIView):
@@ -146,6 +176,19 @@ class JobPagination(PageNumberPagination):
         summary="One job with its detections", responses={200: JobSerializer, **ERRORS}
     ),
     destroy=extend_schema(summary="Delete a job and its files", responses={204: None, **ERRORS}),
+    partial_update=extend_schema(
+        summary="Change a job's score threshold (the model does not run again)",
+        request=JobThresholdSerializer,
+        responses={
+            200: JobSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer, description="Not a number, or outside [kept_min_score, 1]."
+            ),
+            403: OpenApiResponse(ErrorSerializer, description="You may see it, not change it."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many changes; see Retry-After."),
+            **ERRORS,
+        },
+    ),
 )
 class JobViewSet(
     mixins.ListModelMixin,
@@ -156,26 +199,34 @@ class JobViewSet(
     queryset = Job.objects.none()  # for the schema generator; requests use get_queryset()
     pagination_class = JobPagination
     filterset_class = JobFilter
-    throttle_scope = "job_create"
     lookup_value_converter = "uuid"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    @property
+    def throttle_scope(self) -> str:
+        return "threshold" if self.action == "partial_update" else "job_create"
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Job.objects.none()
         jobs = Job.objects.for_user(self.request.user)
+        shown = Detection.objects.above_threshold()
         if self.action == "list":
-            labels_only = Detection.objects.only("id", "job_id", "rank", "label")
+            labels_only = shown.only("id", "job_id", "rank", "label", "score")
             return jobs.filter(owner=self.request.user).prefetch_related(
                 Prefetch("detections", queryset=labels_only)
             )
-        return jobs.prefetch_related("detections")
+        return jobs.prefetch_related(Prefetch("detections", queryset=shown))
 
     def get_serializer_class(self):
         return JobSummarySerializer if self.action == "list" else JobSerializer
 
     def get_throttles(self):
-        # A retry costs a worker what a new job costs: both count against the job rate.
-        return [ScopedThrottle()] if self.action in ("create", "retry") else []
+        # A retry costs a worker what a new job costs: both count against the job rate; a
+        # threshold change has its own rate (throttle_scope).
+        if self.action in ("create", "retry", "partial_update"):
+            return [ScopedThrottle()]
+        return []
 
     @extend_schema(
         request={"multipart/form-data": JobCreateSerializer},
@@ -212,14 +263,27 @@ class JobViewSet(
                 model=options.validated_data.get("model"),
                 precision=options.validated_data.get("precision"),
             )
-        except UploadError as exc:
-            if exc.status == 413:
-                raise PayloadTooLarge(exc.message) from exc
-            raise ValidationError({"detail": exc.message}) from exc
-        except services.StorageUnavailable as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+        except (UploadError, services.StorageUnavailable) as exc:
+            raise refused(exc) from exc
         body = JobSerializer(job, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    def partial_update(self, request, pk=None):
+        job = self.get_object()
+        if not services.can_change_threshold(user=request.user, job=job):
+            raise PermissionDenied("You may see this job but not change it.")
+        data = JobThresholdSerializer(data=request.data)
+        if not data.is_valid():
+            errors = data.errors
+            if "score_threshold" in errors:  # missing or not a number: say what would do
+                errors = {"score_threshold": [services.threshold_range_message(job)]}
+            raise ValidationError(errors)
+        try:
+            services.job_set_threshold(job=job, threshold=data.validated_data["score_threshold"])
+        except services.ThresholdError as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        job = self.get_queryset().get(pk=job.pk)  # detections again, at the new threshold
+        return Response(JobSerializer(job, context=self.get_serializer_context()).data)
 
     @extend_schema(
         request=None,
@@ -266,6 +330,203 @@ class JobViewSet(
         return Response(job_to_coco(job))
 
 
+@extend_schema_view(
+    list=extend_schema(
+        summary="Your collections, newest first",
+        responses={200: CollectionSerializer(many=True), **PAGE_ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="One collection and its progress",
+        responses={200: CollectionSerializer, **ERRORS},
+    ),
+    destroy=extend_schema(
+        summary="Delete a collection, its jobs and their files", responses={204: None, **ERRORS}
+    ),
+)
+class CollectionViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Photos sent together (several files, or one ZIP) as one collection of jobs."""
+
+    queryset = Collection.objects.none()
+    serializer_class = CollectionSerializer
+    pagination_class = JobPagination
+    throttle_scope = "job_create"
+    lookup_value_converter = "uuid"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Collection.objects.none()
+        collections = Collection.objects.for_user(self.request.user).with_progress()
+        if self.action == "list":
+            return collections.filter(owner=self.request.user)
+        return collections
+
+    def get_throttles(self):
+        # Like a job's retry, a collection's costs the workers: both count against the job rate
+        # (one request each until the rate is counted per photo).
+        return [ScopedThrottle()] if self.action in ("create", "retry") else []
+
+    @extend_schema(
+        request={"multipart/form-data": CollectionCreateSerializer},
+        responses={
+            201: CollectionSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Not a usable archive, no acceptable photo (`rejected` says why for "
+                "each), or a bad option.",
+            ),
+            401: ERRORS[401],
+            413: OpenApiResponse(ErrorSerializer, description="Archive or request too large."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many uploads; see Retry-After."),
+            503: OpenApiResponse(ErrorSerializer, description="File store unavailable."),
+        },
+        summary="Upload a ZIP or several photos; each photo becomes a job of one collection",
+    )
+    def create(self, request):
+        limit = settings.SEGWEB["ARCHIVE_MAX_BYTES"] + 1024 * 1024  # room for the form fields
+        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+            raise PayloadTooLarge(f"The request is larger than {describe_bytes(limit)}.")
+        try:
+            archive = request.FILES.get("archive")
+            images = request.FILES.getlist("images")
+        except TooManyFilesSent as exc:
+            most = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+            raise ValidationError(
+                {"detail": f"At most {most} files in one request; send a ZIP for more."}
+            ) from exc
+        if archive is not None and images:
+            raise ValidationError({"detail": "Send either one 'archive' or 'images', not both."})
+        if archive is None and not images:
+            if "archive" in request.data or "images" in request.data:
+                raise ValidationError({"detail": "Files must be sent as multipart/form-data."})
+            raise ValidationError(
+                {"detail": "Attach a ZIP in 'archive', or photos in 'images' (repeated)."}
+            )
+        options = JobOptionsSerializer(
+            data={k: request.data[k] for k in ("score_threshold", "model") if k in request.data}
+        )
+        options.is_valid(raise_exception=True)
+        common = {
+            "owner": request.user,
+            "name": str(request.data.get("name", "")),
+            "score_threshold": options.validated_data.get("score_threshold"),
+            "model": options.validated_data.get("model"),
+        }
+        try:
+            if archive is not None:
+                collection = services.collection_create_from_archive(archive=archive, **common)
+            else:
+                collection = services.collection_create_from_photos(uploads=images, **common)
+        except (UploadError, services.StorageUnavailable) as exc:
+            raise refused(exc) from exc
+        collection = self.get_queryset().get(pk=collection.pk)
+        body = self.get_serializer(collection).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    def perform_destroy(self, collection: Collection) -> None:
+        services.collection_delete(collection=collection)
+
+    @extend_schema(
+        request=None,
+        responses={200: CountSerializer, **ERRORS},
+        summary="Cancel the queued jobs (running ones finish; cancelled ones count as failed)",
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return Response({"count": services.collection_cancel(collection=self.get_object())})
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: CountSerializer,
+            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
+            503: OpenApiResponse(ErrorSerializer, description="Their model cannot run now."),
+            **ERRORS,
+        },
+        summary="Queue the failed (and cancelled) jobs again",
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        try:
+            count = services.collection_retry(collection=self.get_object())
+        except services.ModelNotRunning as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+        return Response({"count": count})
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Your webhooks", responses={200: WebhookSerializer(many=True), **PAGE_ERRORS}
+    ),
+    retrieve=extend_schema(summary="One webhook", responses={200: WebhookSerializer, **ERRORS}),
+    destroy=extend_schema(summary="Delete a webhook", responses={204: None, **ERRORS}),
+)
+class WebhookViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """URLs told (a signed POST) when your jobs or collections finish."""
+
+    queryset = Webhook.objects.none()
+    serializer_class = WebhookSerializer
+    pagination_class = JobPagination
+    lookup_value_converter = "uuid"
+    throttle_scope = "job_create"  # creating one resolves its host name: not for free
+
+    def get_throttles(self):
+        return [ScopedThrottle()] if self.action == "create" else []
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Webhook.objects.none()
+        # Webhooks are private to their owner, staff included: the secret and URL are theirs.
+        return Webhook.objects.filter(owner=self.request.user)
+
+    @extend_schema(
+        request=WebhookCreateSerializer,
+        responses={
+            201: WebhookCreatedSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Bad URL (not http(s), or a private, loopback, link-local, "
+                "multicast or reserved address), unknown event, or too many webhooks.",
+            ),
+            401: ERRORS[401],
+        },
+        summary="Register a webhook; the answer holds its signing secret (shown once)",
+    )
+    def create(self, request):
+        data = WebhookCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            webhook = services.webhook_create(owner=request.user, **data.validated_data)
+        except services.InvalidWebhook as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        body = WebhookCreatedSerializer(webhook, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, webhook: Webhook) -> None:
+        services.webhook_delete(webhook=webhook)
+
+    @extend_schema(
+        summary="Deliveries to this webhook, newest first, with every attempt",
+        responses={200: WebhookDeliverySerializer(many=True), **ERRORS, **PAGE_ERRORS},
+    )
+    @action(detail=True, methods=["get"], url_name="deliveries")
+    def deliveries(self, request, pk=None):
+        webhook = self.get_object()
+        deliveries = webhook.deliveries.prefetch_related("attempt_log")
+        page = self.paginate_queryset(deliveries)
+        body = WebhookDeliverySerializer(page, many=True).data
+        return self.get_paginated_response(body)
+
+
 class JobFileView(APIView):
     """A job's photo, overlay or thumbnail (or a redirect to a signed S3 URL)."""
 
@@ -280,7 +541,8 @@ class JobFileView(APIView):
                 description="Which file",
             )
         ],
-        summary="Download a job's photo, overlay (PNG) or thumbnail (JPEG)",
+        summary="Download a job's photo, its preview (JPEG, 1600 px), overlay (PNG) or "
+        "thumbnail (JPEG; the overlay's once the job has succeeded)",
         responses={
             (200, "image/*"): OpenApiTypes.BINARY,
             302: OpenApiResponse(description="Redirect to a signed S3 URL."),
@@ -291,7 +553,10 @@ class JobFileView(APIView):
         job = Job.objects.for_user(request.user).filter(pk=pk).first()
         if job is None or kind not in files.KINDS:
             return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
-        return files.serve(job, kind, attachment=request.query_params.get("download") == "1")
+        try:
+            return files.serve(job, kind, attachment=request.query_params.get("download") == "1")
+        except services.StorageUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc
 
 
 class ModelsView(APIView):

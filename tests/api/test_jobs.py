@@ -216,7 +216,7 @@ def test_detail_has_detections_with_coco_rle(alice, job):
     assert len(cup["box"]) == 4
     assert cup["segmentation"]["size"] == [400, 600]
     assert isinstance(cup["segmentation"]["counts"], str)
-    assert data["overlay_url"] == f"http://testserver/api/jobs/{job.pk}/overlay/"
+    assert data["overlay_url"] == f"http://testserver/api/jobs/{job.pk}/overlay/?v=0.5"
 
 
 def test_failed_job_has_its_error(alice, owner):

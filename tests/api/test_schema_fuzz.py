@@ -28,7 +28,12 @@ def alice_job(owner):
 @pytest.fixture
 def unthrottled(monkeypatch):
     """Fuzzing sends many requests a minute; the throttle has its own test."""
-    rates = {**ScopedRateThrottle.THROTTLE_RATES, "job_create": None, "token": None}
+    rates = {
+        **ScopedRateThrottle.THROTTLE_RATES,
+        "job_create": None,
+        "token": None,
+        "threshold": None,
+    }
     monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", rates)
     cache.clear()
 

@@ -29,6 +29,7 @@ POSTGRES_URL = os.environ.get(
     "SEGWEB_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("SEGWEB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+METRICS_TOKEN = "scale-test-metrics-token"
 
 # Recovery timings shortened so that the fault tests take seconds, not minutes (production
 # defaults: heartbeat 10 s, stale after 60 s, sweep every 30 s, re-publish after 600 s).
@@ -180,6 +181,8 @@ class Stack:
             "SEGWEB_JOB_CREATE_RATE": "10000/min",
             "SEGWEB_TORCH_THREADS": "1",
             "SEGWEB_OPENVINO_THREADS": "1",
+            "SEGWEB_METRICS_TOKEN": METRICS_TOKEN,
+            "SEGWEB_WEBHOOK_ALLOW_LOOPBACK": "1",  # the tests' webhook receiver is on 127.0.0.1
             **FAST_RECOVERY,
             **s3_env,
             **env,

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('segmentation', '0002_model_reports_retry'),
+        ('segmentation', '0004_threshold'),
     ]
 
     operations = [
