@@ -55,9 +55,10 @@ def pool_memory_mb(pid: int) -> tuple[float, float]:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
-        fields = {line.split(":")[0]: line.split()[1] for line in status if ":" in line}
-        total += int(fields.get("VmRSS", 0))
-        peak = max(peak, int(fields.get("VmHWM", 0)))
+        kb = {k: int(line.split()[1]) for line in status for k in ("VmRSS", "VmHWM")
+              if line.startswith(f"{k}:")}  # fmt: skip
+        total += kb.get("VmRSS", 0)
+        peak = max(peak, kb.get("VmHWM", 0))
         todo.extend(int(c) for c in children)
     return total / 1024, peak / 1024
 
