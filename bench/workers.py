@@ -141,8 +141,8 @@ def main() -> None:
         seaweedfs.start()
         try:
             for round_ in range(args.rounds):  # interleaved, so that noise hits every config
-                for runtime in runtimes:
-                    for n, layout in enumerate(LAYOUTS):
+                for n, layout in enumerate(LAYOUTS):
+                    for runtime in runtimes:
                         root = Path(tmp) / f"stack-{round_}-{runtime}-{n}"
                         root.mkdir()
                         result = run(layout, runtime, photos, weights, seaweedfs, root)
