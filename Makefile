@@ -95,7 +95,7 @@ bench: install-dev  ## engine and runtime benchmarks (figures go to docs/benchma
 weights: install  ## download torchvision's Mask R-CNN COCO weights (needs internet)
 	$(BIN)/python -m segmentation.inference.weights download
 
-export: install-dev  ## convert the models for the OpenVINO runtime, checked on real photos
+export: install  ## convert the models for OpenVINO ahead of time (workers also do it by themselves)
 	$(BIN)/python -m segmentation.inference.export
 
 clean:

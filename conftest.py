@@ -14,6 +14,9 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 # to the data directory of a segweb running beside it (the Makefile exports SEGWEB_DATA_DIR).
 os.environ["SEGWEB_DATA_DIR"] = tempfile.mkdtemp(prefix="segweb-tests-")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "segweb.settings")
+# Workers build missing OpenVINO exports in the background; in tests, only where a test asks
+# for it (tests/inference/test_background.py), never a model conversion beside the suite.
+os.environ["SEGWEB_AUTO_EXPORT"] = "0"
 # CI's second pass (`make test-scale`) names a PostgreSQL server: the suite then runs on it. Where
 # none answers, the suite stays on SQLite and the PostgreSQL tests skip, saying so.
 if os.environ.get("SEGWEB_TEST_POSTGRES_URL") and "DATABASE_URL" not in os.environ:

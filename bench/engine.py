@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 from PIL import Image
 
+from bench.common import bare_forward, timed
 from tests.photos import ASTRONAUT, COFFEE, MOTORCYCLE
 
 TWELVE_MP = (4224, 2850)
@@ -66,12 +67,6 @@ def random_weights_dir() -> Path:
     return directory
 
 
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    started = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - started, result
-
-
 def bench_model(name: str, weights_dir: Path | None, repeat: int, threshold: float) -> list[dict]:
     from segmentation.inference import load_image, load_segmenter, render_overlay
 
@@ -83,10 +78,10 @@ def bench_model(name: str, weights_dir: Path | None, repeat: int, threshold: flo
     for label, photo in photos().items():
         data = as_jpeg(photo)
         image = load_image(data)  # the bare forward gets the decoded pixels for free
-        segmenter.forward(image)  # warm-up: first runs allocate
+        bare_forward(segmenter, image)  # warm-up: first runs allocate
         forward, predict = [], []
         for _ in range(repeat):
-            forward.append(timed(segmenter.forward, image)[0])
+            forward.append(timed(bare_forward, segmenter, image)[0])
             seconds, detections = timed(decode_and_predict, data)
             predict.append(seconds)
         overlay = [timed(render_overlay, image, detections)[0] for _ in range(repeat)]
@@ -165,6 +160,7 @@ def peak_rss(name: str, weights_dir: Path | None, torchvision_paste: bool = Fals
 import json, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
+from bench.common import bare_forward
 from bench.engine import photos
 from segmentation.inference import load_segmenter, render_overlay
 weights_dir = {str(weights_dir) if weights_dir else None!r}
@@ -172,7 +168,7 @@ segmenter = load_segmenter({name!r}, weights_dir=weights_dir and Path(weights_di
 image = photos()["motorcycle 12 MP"]
 started = time.perf_counter()
 if {torchvision_paste!r}:
-    out = segmenter.forward(image); count = len(out[0]["scores"])
+    out = bare_forward(segmenter, image); count = len(out[0]["scores"])
 else:
     detections = segmenter.predict(image, score_threshold=0.0); count = len(detections)
     render_overlay(image, detections)

@@ -19,7 +19,7 @@ import torch
 
 from bench.engine import random_weights_dir
 from segmentation.inference import load_image, load_segmenter
-from segmentation.inference.registry import MASKRCNN, YOLOV7
+from segmentation.inference.catalog import MASKRCNN, YOLOV7
 from tests.photos import ASTRONAUT, MOTORCYCLE
 
 

@@ -1,17 +1,19 @@
-"""Runtime benchmark: torch vs OpenVINO vs the seed-style pipeline, interleaved in one run.
+"""Runtime benchmark: torch vs OpenVINO (FP32, and INT8 for YOLOv7-seg) vs the seed-style
+pipeline, interleaved in one run.
 
     python bench/runtime.py                          # Mask R-CNN and YOLOv7-seg
-    python bench/runtime.py --models maskrcnn_resnet50_fpn --repeat 7 --sizes 50
+    python bench/runtime.py --models yolov7_seg --repeat 7 --skip-memory
 
-Per photo, the pipelines run in turn (seed, torch, openvino, seed, torch, ...) so that machine
-noise hits them alike; tables give medians and the median of per-round ratios.
+Per photo, the pipelines run in turn (seed, torch, openvino, int8, seed, torch, ...) so that
+machine noise hits them alike; tables give medians and the median of per-round ratios.
 
 - forward: the network alone, same work in both runtimes (Mask R-CNN: transform + network at
   torchvision's 0.05 threshold, no paste; YOLO: letterbox + network).
 - end to end: decode the photo file, predict, render the overlay.
 - seed-style (Mask R-CNN): decode, eager torchvision with its full-image mask paste, the
   tutorial's full-image overlay (``bench.engine.seed_style_overlay``).
-- agreement: ``compare_detections`` between the runtimes' answers.
+- agreement: ``compare_detections`` between torch's and OpenVINO FP32's answers; for INT8, the
+  share of torch's instances it reproduces (``agreement.Reproduction``).
 - load and memory: a fresh process per runtime loads the model, then segments ``--sizes`` photos
   of different sizes; peak RSS is VmHWM from /proc/self/status (ru_maxrss would include the
   parent's, which Linux carries across fork + exec).
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image
 
+from bench.common import bare_forward, network_only, timed
 from bench.engine import TWELVE_MP, seed_style_overlay
 from tests.photos import ASTRONAUT, COFFEE, MOTORCYCLE
 
@@ -45,12 +48,17 @@ YOLOV7 = "yolov7_seg"
 THRESHOLDS = {MASKRCNN: 0.3, YOLOV7: 0.5}  # random Mask R-CNN weights score ~0.2-0.5
 
 
+#: Models benchmarked at INT8 too.
+INT8_MODELS = (YOLOV7,)
+
+
 def weights_dir_for(models: list[str]) -> Path:
     """The weights directory to benchmark with, every model in it exported (no-op if current)."""
     import torch
 
+    from segmentation.inference.catalog import WEIGHTS_FILES, default_weights_dir
     from segmentation.inference.export import export_model
-    from segmentation.inference.registry import WEIGHTS_FILES, default_weights_dir, model_info
+    from segmentation.inference.registry import model_info
 
     directory = default_weights_dir()
     if MASKRCNN in models and not model_info(MASKRCNN, weights_dir=directory).usable:
@@ -63,7 +71,13 @@ def weights_dir_for(models: list[str]) -> Path:
             torch.save(random_maskrcnn().state_dict(), path)
         print(f"(no {WEIGHTS_FILES[MASKRCNN]}: Mask R-CNN runs on seeded random weights)")
     for name in models:
-        export_model(name, weights_dir=directory, echo=lambda line: print(f"export: {line}"))
+        for precision in ("fp32", "int8") if name in INT8_MODELS else ("fp32",):
+            export_model(
+                name,
+                weights_dir=directory,
+                precision=precision,
+                echo=lambda line: print(f"export: {line}"),
+            )
     return directory
 
 
@@ -78,26 +92,6 @@ def photo_files(folder: Path) -> dict[str, Path]:
         motorcycle.resize(size, Image.Resampling.LANCZOS).save(path, quality=92)
         files[f"motorcycle {label}"] = path
     return files
-
-
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    started = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - started, result
-
-
-def core_forward(segmenter, image: Image.Image) -> object:
-    """The network alone: the same work for both runtimes."""
-    import torch
-
-    from segmentation.inference.base import rgb_tensor
-    from segmentation.inference.maskrcnn import MaskRCNNBase
-
-    if not isinstance(segmenter, MaskRCNNBase):
-        return segmenter.forward(image)
-    with segmenter._lock, torch.inference_mode():
-        images, _ = segmenter.transform([rgb_tensor(image, "cpu")])
-        return segmenter._detect(images, segmenter.default_score_threshold)
 
 
 def end_to_end(segmenter, path: Path, threshold: float) -> list:
@@ -115,7 +109,7 @@ def seed_style(segmenter, path: Path, threshold: float) -> list:
     from segmentation.inference.coco import TORCHVISION_CATEGORIES
 
     image = load_image(path)
-    result = segmenter.forward(image)[0]
+    result = bare_forward(segmenter, image)[0]
     detections = [
         Detection.from_region(
             label=TORCHVISION_CATEGORIES[int(label)],
@@ -136,33 +130,42 @@ def seed_style(segmenter, path: Path, threshold: float) -> list:
 
 def bench_photos(name: str, weights_dir: Path, repeat: int, folder: Path) -> list[dict]:
     from segmentation.inference import load_image, load_segmenter
-    from segmentation.inference.export import Agreement, compare_detections
+    from segmentation.inference.agreement import Agreement, Reproduction, compare_detections
 
     threshold = THRESHOLDS[name]
     runtimes = {
-        rt: load_segmenter(name, device="cpu", weights_dir=weights_dir, runtime=rt)
-        for rt in ("torch", "openvino")
+        "torch": load_segmenter(name, device="cpu", weights_dir=weights_dir, runtime="torch"),
+        "openvino": load_segmenter(
+            name, device="cpu", weights_dir=weights_dir, runtime="openvino", precision="fp32"
+        ),
     }
-    assert runtimes["openvino"].runtime == "openvino", "the export is missing or stale"
+    if name in INT8_MODELS:
+        runtimes["int8"] = load_segmenter(
+            name, device="cpu", weights_dir=weights_dir, runtime="openvino", precision="int8"
+        )
+    for key, segmenter in runtimes.items():
+        expected = "torch" if key == "torch" else "openvino"
+        assert segmenter.runtime == expected, f"{key}: the export is missing or stale"
+    assert "int8" not in runtimes or runtimes["int8"].precision == "int8"
     rows = []
     for label, path in photo_files(folder).items():
         image = load_image(path)
         pipelines = {
-            "torch": lambda p=path: end_to_end(runtimes["torch"], p, threshold),
-            "openvino": lambda p=path: end_to_end(runtimes["openvino"], p, threshold),
+            key: (lambda p=path, s=segmenter: end_to_end(s, p, threshold))
+            for key, segmenter in runtimes.items()
         }
         if name == MASKRCNN:
             pipelines["seed"] = lambda p=path: seed_style(runtimes["torch"], p, threshold)
         for pipeline in pipelines.values():  # warm-up: first runs allocate, OpenVINO compiles
             pipeline()
         for segmenter in runtimes.values():
-            core_forward(segmenter, image)
+            network_only(segmenter, image)
         forward = {rt: [] for rt in runtimes}
         e2e = {p: [] for p in pipelines}
         answers = {}
         for _ in range(repeat):
             for rt, segmenter in runtimes.items():
-                forward[rt].append(timed(core_forward, segmenter, image)[0])
+                forward[rt].append(timed(network_only, segmenter, image)[0])
             for key, pipeline in pipelines.items():
                 seconds, answers[key] = timed(pipeline)
                 e2e[key].append(seconds)
@@ -173,44 +176,56 @@ def bench_photos(name: str, weights_dir: Path, repeat: int, folder: Path) -> lis
         row = {
             "model": name,
             "photo": label,
-            "forward_torch_s": statistics.median(forward["torch"]),
-            "forward_openvino_s": statistics.median(forward["openvino"]),
-            "forward_speedup": statistics.median(
-                t / o for t, o in zip(forward["torch"], forward["openvino"], strict=True)
-            ),
-            "e2e_torch_s": statistics.median(e2e["torch"]),
-            "e2e_openvino_s": statistics.median(e2e["openvino"]),
-            "e2e_speedup_vs_torch": statistics.median(
-                t / o for t, o in zip(e2e["torch"], e2e["openvino"], strict=True)
-            ),
             "detections": len(answers["openvino"]),
             "agree": not problems,
             "agreement": agreement.as_dict(),
         }
+        for rt in runtimes:
+            row[f"forward_{rt}_s"] = statistics.median(forward[rt])
+            row[f"e2e_{rt}_s"] = statistics.median(e2e[rt])
+            if rt != "torch":
+                row[f"forward_{rt}_speedup"] = _ratio(forward["torch"], forward[rt])
+                row[f"e2e_{rt}_speedup"] = _ratio(e2e["torch"], e2e[rt])
+        if "int8" in answers:
+            reproduction = Reproduction()
+            reproduction.add(answers["torch"], answers["int8"])
+            row["int8_reproduction"] = reproduction.as_dict()
         if "seed" in e2e:
             row["e2e_seed_s"] = statistics.median(e2e["seed"])
-            row["e2e_speedup_vs_seed"] = statistics.median(
-                s / o for s, o in zip(e2e["seed"], e2e["openvino"], strict=True)
-            )
+            row["e2e_speedup_vs_seed"] = _ratio(e2e["seed"], e2e["openvino"])
         rows.append(row)
         print(_photo_row(row), flush=True)
     return rows
 
 
+def _ratio(baseline: list[float], candidate: list[float]) -> float:
+    """The median of per-round ratios (each round ran both, one right after the other)."""
+    return statistics.median(b / c for b, c in zip(baseline, candidate, strict=True))
+
+
 def _photo_row(r: dict) -> str:
     seed = (
-        f"{r['e2e_seed_s']:.2f} | {r['e2e_speedup_vs_seed']:.2f}x" if "e2e_seed_s" in r else "– | –"
+        f"{r['e2e_seed_s']:.2f} \\| {r['e2e_speedup_vs_seed']:.2f}x" if "e2e_seed_s" in r else "–"
     )
     a = r["agreement"]
     agree = (
         f"{'yes' if r['agree'] else 'NO'} ({a['detections']}, |Δscore| ≤ "
         f"{a['max_score_delta']:.0e}, mask IoU ≥ {a['min_mask_iou']:.3f})"
     )
+    if "int8_reproduction" in r:
+        q = r["int8_reproduction"]
+        int8 = (
+            f"{r['forward_int8_s']:.2f} | {r['forward_int8_speedup']:.2f}x | "
+            f"{r['e2e_int8_s']:.2f} | {r['e2e_int8_speedup']:.2f}x | "
+            f"{q['reproduced']}/{q['reference']}, +{q['extra']}"
+        )
+    else:
+        int8 = "– | – | – | – | –"
     return (
         f"| {r['model']} | {r['photo']} | {r['forward_torch_s']:.2f} | "
-        f"{r['forward_openvino_s']:.2f} | {r['forward_speedup']:.2f}x | {seed} | "
+        f"{r['forward_openvino_s']:.2f} | {r['forward_openvino_speedup']:.2f}x | "
         f"{r['e2e_torch_s']:.2f} | {r['e2e_openvino_s']:.2f} | "
-        f"{r['e2e_speedup_vs_torch']:.2f}x | {agree} |"
+        f"{r['e2e_openvino_speedup']:.2f}x | {agree} | {int8} | {seed} |"
     )
 
 
@@ -293,9 +308,12 @@ def main() -> None:
         f"{openvino_threads()} OpenVINO threads, kernel cache {openvino_cache_capacity()}\n"
     )
     print(
-        "| model | photo | forward torch s | forward openvino s | forward speedup | "
-        "seed-style e2e s | e2e speedup vs seed | e2e torch s | e2e openvino s | "
-        "e2e speedup vs torch | same detections |\n" + "|---" * 11 + "|"
+        "| model | photo | forward torch s | forward OpenVINO s | forward speedup | "
+        "e2e torch s | e2e OpenVINO s | e2e speedup | same detections (FP32) | "
+        "forward INT8 s | forward INT8 speedup | e2e INT8 s | e2e INT8 speedup | "
+        "INT8: torch's instances found, extra | seed-style e2e s \\| OpenVINO's speedup |\n"
+        + "|---" * 16
+        + "|"
     )
     with tempfile.TemporaryDirectory() as folder:
         for name in models:
@@ -310,11 +328,11 @@ def main() -> None:
     )
     for name in models:
         runs = [("torch", {}), ("openvino", {})]
-        if name == MASKRCNN:
-            runs.append(("openvino", {"SEGWEB_OPENVINO_CACHE": "5000"}))
+        if name in INT8_MODELS:
+            runs.append(("openvino", {"SEGWEB_PRECISION": "int8"}))
         for runtime, env in runs:
             r = memory(name, weights_dir, runtime, args.sizes, **env)
-            label = runtime + (", kernel cache 5000 (OpenVINO's default)" if env else "")
+            label = runtime + (" INT8" if env else "")
             print(
                 f"| {name} | {label} | {r['load_s']:.1f} | {r['rss_after_load_mb']:.0f} | "
                 f"{r['rss_end_mb']:.0f} | {r['peak_rss_mb']:.0f} | "

@@ -5,7 +5,9 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from .health import model_statuses
+from .inference import InferenceError
 from .inference.registry import AUTO
+from .inference.runtime import requested_precision
 from .models import Webhook
 
 
@@ -32,12 +34,25 @@ class UploadForm(forms.Form):
         widget=forms.NumberInput(attrs={"step": "0.05"}),
     )
     model = forms.ChoiceField(label="Model")
+    precision = forms.ChoiceField(
+        label="Precision",
+        required=False,
+        choices=[("fp32", "FP32 (exact)"), ("int8", "INT8 (faster, slightly different)")],
+        help_text="INT8 runs faster on a CPU and finds nearly the same instances.",
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["model"].choices = model_choices()
         self.fields["score_threshold"].initial = settings.SEGWEB["DEFAULT_THRESHOLD"]
         self.fields["model"].initial = AUTO
+        if settings.SEGWEB["PRECISION_PER_JOB"]:
+            try:
+                self.fields["precision"].initial = requested_precision()
+            except InferenceError:  # a bad SEGWEB_PRECISION: job_create says so on submit
+                self.fields["precision"].initial = "fp32"
+        else:  # only offered where the server lets jobs choose
+            del self.fields["precision"]
 
 
 class SignupForm(UserCreationForm):

@@ -74,6 +74,12 @@ class Job(models.Model):
 
     model = models.CharField(max_length=64, help_text="Model that runs (or ran) the job.")
     runtime = models.CharField(max_length=16, blank=True, help_text="torch, openvino...")
+    precision = models.CharField(
+        max_length=8,
+        default="fp32",
+        help_text="fp32 or int8: the one asked for, then the one that ran (fp32 when the INT8 "
+        "export was not ready yet, or on torch).",
+    )
     score_threshold = models.FloatField(help_text="Detections scoring less are not shown.")
     kept_min_score = models.FloatField(
         help_text="Detections down to this score are kept, so the threshold can go this low."

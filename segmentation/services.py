@@ -37,6 +37,7 @@ from . import archives, health, outbound
 from .classes import class_rows, shown_classes
 from .inference import InferenceError, ModelUnavailableError
 from .inference.registry import AUTO
+from .inference.runtime import requested_precision
 from .models import (
     MAX_ATTEMPTS,
     Collection,
@@ -89,6 +90,7 @@ def job_create(
     score_threshold: object = None,
     model: str | None = None,
     collection: Collection | None = None,
+    precision: str | None = None,
 ) -> Job:
     """Validate an upload, store it and its thumbnail, create the job, queue it on commit.
 
@@ -98,6 +100,7 @@ def job_create(
     try:
         threshold = validate_threshold(score_threshold)
         model_name = model_for_new_job(model)
+        job_precision = precision_for_new_job(precision)
         image = validate_upload(upload)
     except UploadError as exc:
         upload_refusal_count(reason=exc.reason)
@@ -121,6 +124,7 @@ def job_create(
                 width=image.width,
                 height=image.height,
                 model=model_name,
+                precision=job_precision,
                 score_threshold=threshold,
                 kept_min_score=keep_floor(threshold),
             )
@@ -142,6 +146,25 @@ def model_for_new_job(model: str | None) -> str:
         return health.resolve_model(model or AUTO)
     except ModelUnavailableError as exc:
         raise UploadError(str(exc), reason="bad_option") from exc
+
+
+def precision_for_new_job(precision: str | None) -> str:
+    """The precision a new job asks for: the server's (``SEGWEB_PRECISION``), or the user's when
+    ``SEGWEB_PRECISION_PER_JOB`` allows it (400 otherwise, or for an unknown one)."""
+    try:
+        default = requested_precision()
+        if not precision:
+            return default
+        chosen = requested_precision(precision)
+    except ModelUnavailableError as exc:
+        raise UploadError(str(exc).replace(" (SEGWEB_PRECISION)", ""), reason="bad_option") from exc
+    if chosen != default and not settings.SEGWEB["PRECISION_PER_JOB"]:
+        raise UploadError(
+            f"This server runs every job at {default}: choosing the precision is not enabled "
+            "(SEGWEB_PRECISION_PER_JOB).",
+            reason="bad_option",
+        )
+    return chosen
 
 
 def _clean_filename(name: str | None) -> str:
@@ -244,6 +267,7 @@ def job_run(*, job_id: uuid.UUID | str) -> None:
             overlay_threshold=overlay.threshold,
             preview=preview,
             runtime=result.runtime,
+            precision=result.precision,
             inference_ms=result.inference_ms,
             total_ms=round((time.perf_counter() - started) * 1000),
         )
@@ -283,6 +307,7 @@ class _Result:
     pictures: _Pictures
     runtime: str
     inference_ms: int
+    precision: str = "fp32"
 
 
 PREVIEW_SIZE = (1600, 1600)  # the viewer's photo: sharp on screens, a few hundred KB
@@ -292,7 +317,9 @@ def _segment(job: Job) -> _Result:
     from .inference import load_segmenter
 
     image = _load_photo(job)
-    segmenter = load_segmenter(job.model)
+    # build_export: a missing OpenVINO export is built in the background meanwhile (torch runs
+    # this job); the first job after it is installed runs on it.
+    segmenter = load_segmenter(job.model, precision=job.precision, build_export=True)
     model_report_record(model=job.model, runtime=segmenter.runtime, only_if_changed=True)
     started = time.perf_counter()
     # Everything down to the keep floor is stored, so the threshold can be lowered later
@@ -300,7 +327,9 @@ def _segment(job: Job) -> _Result:
     detections = segmenter.predict(image, score_threshold=job.kept_min_score)
     inference_ms = round((time.perf_counter() - started) * 1000)
     pictures = _draw(image, detections, job.score_threshold)
-    return _Result(detections, pictures, segmenter.runtime, inference_ms)
+    return _Result(
+        detections, pictures, segmenter.runtime, inference_ms, precision=segmenter.precision
+    )
 
 
 def _load_photo(job: Job):
@@ -417,6 +446,7 @@ def job_succeed(
     runtime: str,
     inference_ms: int,
     total_ms: int,
+    precision: str = "fp32",
 ) -> None:
     """Record a finished job and its detections atomically (RUNNING -> SUCCEEDED).
 
@@ -452,6 +482,7 @@ def job_succeed(
             ),
             preview=preview or F("preview"),
             runtime=runtime,
+            precision=precision,
             inference_ms=inference_ms,
             total_ms=total_ms,
             error="",
@@ -516,7 +547,8 @@ def model_report_record(
 
 def warm_up_worker() -> None:
     """Load the default model now (in a new worker process) so the first job is not slower, and
-    report whether it loads, so that the web process can tell users the truth."""
+    report whether it loads, so that the web process can tell users the truth; start building
+    its OpenVINO export in the background if it has none."""
     from .inference import load_segmenter, resolve_model_name
 
     try:
@@ -525,7 +557,7 @@ def warm_up_worker() -> None:
         logger.error("worker: no model can run here: %s", exc)
         return
     try:
-        segmenter = load_segmenter(name)
+        segmenter = load_segmenter(name, build_export=True)
     except InferenceError as exc:
         logger.error("worker: model %s cannot load: %s", name, exc)
         model_report_record(model=name, error=exc)

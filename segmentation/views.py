@@ -70,6 +70,7 @@ def upload(request: HttpRequest) -> HttpResponse:
                 upload=upload_file,
                 score_threshold=form.cleaned_data["score_threshold"],
                 model=form.cleaned_data["model"],
+                precision=form.cleaned_data.get("precision"),
             )
         except UploadError as exc:
             errors.append({"file": upload_file.name, "error": exc.message, "status": exc.status})

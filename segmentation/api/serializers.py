@@ -34,6 +34,12 @@ class JobOptionsSerializer(serializers.Serializer):
         allow_blank=True,
         help_text="A name from GET /api/models/; 'auto' or empty for the default.",
     )
+    precision = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="fp32 or int8 (faster, slightly different answers), where the server lets "
+        "jobs choose (SEGWEB_PRECISION_PER_JOB); empty for the server's.",
+    )
 
     def validate_score_threshold(self, value: float) -> float:
         if not math.isfinite(value):
@@ -153,7 +159,8 @@ class JobSerializer(JobSummarySerializer):
 
     class Meta(JobSummarySerializer.Meta):
         fields = [*JobSummarySerializer.Meta.fields, "started_at", "attempts", "runtime",
-                  "inference_ms", "image_url", "overlay_url", "detections", "error"]  # fmt: skip
+                  "precision", "inference_ms", "image_url", "overlay_url", "detections",
+                  "error"]  # fmt: skip
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_image_url(self, job: Job) -> str | None:

@@ -336,7 +336,11 @@ class JobViewSet(
         if upload is None and "image" in request.data:
             raise ValidationError({"detail": "'image' must be a file sent as multipart/form-data."})
         options = JobOptionsSerializer(
-            data={k: request.data[k] for k in ("score_threshold", "model") if k in request.data}
+            data={
+                k: request.data[k]
+                for k in ("score_threshold", "model", "precision")
+                if k in request.data
+            }
         )
         options.is_valid(raise_exception=True)
         try:
@@ -345,6 +349,7 @@ class JobViewSet(
                 upload=upload,
                 score_threshold=options.validated_data.get("score_threshold"),
                 model=options.validated_data.get("model"),
+                precision=options.validated_data.get("precision"),
             )
         except (UploadError, services.StorageUnavailable) as exc:
             raise refused(exc) from exc

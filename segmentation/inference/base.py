@@ -71,6 +71,7 @@ class Segmenter(abc.ABC):
     name: str
     device: str
     runtime: str = "torch"
+    precision: str = "fp32"  # "int8" only for an INT8 OpenVINO export
 
     def __init__(self, *, device: str) -> None:
         self.device = device
@@ -95,9 +96,6 @@ class Segmenter(abc.ABC):
     def _predict(self, rgb: Image.Image, score_threshold: float) -> list[Detection]:
         """Run the model on an upright RGB image."""
 
-    @abc.abstractmethod
-    def forward(self, rgb: Image.Image) -> object:
-        """The bare network on one image, as its authors run it (for benchmarks)."""
-
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} on {self.device} ({self.runtime})>"
+        where = f"{self.device} ({self.runtime}, {self.precision})"
+        return f"<{type(self).__name__} {self.name} on {where}>"

@@ -1,10 +1,15 @@
-"""Which runtime runs a model: eager torch, or OpenVINO on the CPU. Settings only.
+"""Which runtime runs a model: eager torch, or OpenVINO on the CPU, and at which precision.
+Settings only.
 
-``$SEGWEB_RUNTIME`` picks it: ``auto`` (default), ``torch`` or ``openvino``. ``auto`` means
-OpenVINO on a CPU when the ``openvino`` package is installed, torch otherwise (a CUDA GPU keeps
-torch). Either way the answers are the same: OpenVINO only runs what ``python -m
+``$SEGWEB_RUNTIME`` picks the runtime: ``auto`` (default), ``torch`` or ``openvino``. ``auto``
+means OpenVINO on a CPU when the ``openvino`` package is installed, torch otherwise (a CUDA GPU
+keeps torch). Either way the answers are the same: OpenVINO only runs what ``python -m
 segmentation.inference.export`` converted and checked against torch, and a model without such an
-export (or with a stale one) runs on torch, with a log line saying why.
+export (or with a stale one) runs on torch, with a log line saying why; a worker builds the
+missing export itself in the background (``$SEGWEB_AUTO_EXPORT``).
+
+``$SEGWEB_PRECISION`` is ``fp32`` (default: torch's answers) or ``int8`` (OpenVINO only: faster,
+slightly different answers; see docs/benchmarks.md).
 
 Nothing here imports torch or openvino: the web process may read these settings.
 """
@@ -13,8 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
+from .catalog import FP32, PRECISIONS
 from .errors import ModelUnavailableError
 
 AUTO = "auto"
@@ -64,9 +69,21 @@ def choose_runtime(requested: str, device: str) -> str:
     return OPENVINO
 
 
-def manifest_path(name: str, weights_dir: Path) -> Path:
-    """Where a model's OpenVINO export manifest lives: ``<weights_dir>/<name>.openvino.json``."""
-    return weights_dir / f"{name}.openvino.json"
+def requested_precision(precision: str | None = None) -> str:
+    """``precision``, else ``$SEGWEB_PRECISION``, else ``fp32``; checked to be a known one."""
+    value = (precision or os.environ.get("SEGWEB_PRECISION") or FP32).strip().lower()
+    if value not in PRECISIONS:
+        raise ModelUnavailableError(
+            f"Unknown precision {value!r} (SEGWEB_PRECISION); choose one of: "
+            f"{', '.join(PRECISIONS)}."
+        )
+    return value
+
+
+def auto_export_enabled() -> bool:
+    """``$SEGWEB_AUTO_EXPORT`` (default on): whether a worker builds a missing export itself."""
+    value = os.environ.get("SEGWEB_AUTO_EXPORT", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def openvino_threads() -> int:

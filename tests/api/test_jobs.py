@@ -401,3 +401,16 @@ def test_a_cache_outage_does_not_block_uploads(alice, monkeypatch):
     monkeypatch.setattr("django.core.cache.cache.get", down)
     response = alice.post("/api/jobs/", {"image": photo_upload()}, format="multipart")
     assert response.status_code == 201
+
+
+def test_a_job_may_ask_for_int8_only_where_the_server_allows_it(alice, settings, monkeypatch):
+    monkeypatch.delenv("SEGWEB_PRECISION", raising=False)
+    settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": False}
+    refused = alice.post("/api/jobs/", {"image": photo_upload(), "precision": "int8"})
+    assert refused.status_code == 400
+    assert "choosing the precision is not enabled" in refused.json()["detail"]
+    assert not Job.objects.exists()
+    settings.SEGWEB = {**settings.SEGWEB, "PRECISION_PER_JOB": True}
+    created = alice.post("/api/jobs/", {"image": photo_upload(), "precision": "int8"})
+    assert created.status_code == 201
+    assert created.json()["precision"] == "int8"

@@ -57,6 +57,7 @@ def patch(client, job, body, **kwargs):
 
 class Fixed:
     runtime = "torch"
+    precision = "fp32"
 
     def __init__(self, detections):
         self.detections = detections
@@ -77,7 +78,7 @@ def test_the_worker_keeps_detections_down_to_the_floor_and_remembers_it(
     job = create_job(owner, threshold=0.5)
     scores = [0.9, 0.6, 0.4, 0.3, 0.2]
     segmenter = Fixed([found("dog", s, job, x0=10 + 20 * i) for i, s in enumerate(scores)])
-    monkeypatch.setattr(inference, "load_segmenter", lambda name=None: segmenter)
+    monkeypatch.setattr(inference, "load_segmenter", lambda name=None, **kwargs: segmenter)
     services.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert segmenter.asked == [0.25]

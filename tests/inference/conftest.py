@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from segmentation.inference import load_image, load_segmenter
+from segmentation.inference.catalog import MASKRCNN, WEIGHTS_FILES
 from segmentation.inference.maskrcnn import build_model
-from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, clear_cache
+from segmentation.inference.registry import clear_cache
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE
 
 

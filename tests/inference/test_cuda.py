@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from segmentation.inference import Detection, load_image, load_segmenter, render_overlay
+from segmentation.inference.catalog import MASKRCNN, WEIGHTS_FILES, YOLOV7
 from segmentation.inference.detection import box_iou, mask_iou
-from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, YOLOV7
 from tests.inference.conftest import random_maskrcnn
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE
 

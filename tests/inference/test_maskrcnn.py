@@ -12,8 +12,8 @@ from segmentation.inference import (
     load_segmenter,
 )
 from segmentation.inference.base import rgb_tensor
+from segmentation.inference.catalog import MASKRCNN, MASKRCNN_V2, WEIGHTS_FILES
 from segmentation.inference.coco import NOT_A_CLASS, TORCHVISION_CATEGORIES
-from segmentation.inference.registry import MASKRCNN, MASKRCNN_V2, WEIGHTS_FILES
 from tests.inference.conftest import random_maskrcnn
 from tests.photos import COFFEE
 

@@ -16,20 +16,22 @@ import torch
 from PIL import Image
 
 from segmentation.inference import ModelUnavailableError, load_segmenter
-from segmentation.inference import export as export_module
-from segmentation.inference.export import (
+from segmentation.inference import yolo as yolo_module
+from segmentation.inference.agreement import (
     Agreement,
     ExportRefusedError,
     compare_detections,
-    export_model,
-    verification_photos,
+    describe,
 )
-from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES, YOLOV7
+from segmentation.inference.catalog import MASKRCNN, WEIGHTS_FILES, YOLOV7
+from segmentation.inference.detection import box_iou
+from segmentation.inference.export import export_model
+from segmentation.inference.photos import shipped_photos
 from segmentation.inference.runtime import choose_runtime
 from tests.inference.conftest import random_maskrcnn
 from tests.inference.test_isolation import run_python
 
-CHECK_PHOTOS = ("astronaut.png",)  # (+ itself as a portrait): enough for an export here
+CHECK_PHOTOS = ("astronaut.jpg",)  # (+ itself as a portrait): enough for an export here
 MASKRCNN_THRESHOLDS = (0.25, 0.3, 0.4)  # random weights score ~0.2-0.5
 YOLO_THRESHOLDS = (0.25, 0.5)
 
@@ -40,7 +42,7 @@ def exported(tmp_path_factory):
     directory = tmp_path_factory.mktemp("exported")
     torch.save(random_maskrcnn().state_dict(), directory / WEIGHTS_FILES[MASKRCNN])
     # One photo is enough for the export's own check here: the tests below compare more.
-    photos = verification_photos(CHECK_PHOTOS)
+    photos = shipped_photos(CHECK_PHOTOS)
     export_model(MASKRCNN, weights_dir=directory, photos=photos, thresholds=(0.3,))
     export_model(YOLOV7, weights_dir=directory, photos=photos, thresholds=YOLO_THRESHOLDS)
     return directory
@@ -76,10 +78,7 @@ def assert_same_answers(expected, found, threshold):
     assert agreement.min_mask_iou >= 0.98
     # Box IoU >= 0.99, except boxes a fraction of a pixel wide (compare_detections allows 0.01 px)
     for exp, got in zip(expected, found, strict=True):
-        assert (
-            np.allclose(exp.box, got.box, atol=0.01)
-            or export_module.box_iou(exp.box, got.box) >= 0.99
-        )
+        assert np.allclose(exp.box, got.box, atol=0.01) or box_iou(exp.box, got.box) >= 0.99
 
 
 @pytest.mark.slow
@@ -156,7 +155,7 @@ def test_a_missing_export_falls_back_to_torch_with_a_log_line(
             MASKRCNN, device="cpu", weights_dir=maskrcnn_weights_dir, runtime="openvino"
         )
     assert segmenter.runtime == "torch"
-    assert "no OpenVINO export" in caplog.text
+    assert "no FP32 OpenVINO export" in caplog.text
     assert "python -m segmentation.inference.export --model maskrcnn_resnet50_fpn" in caplog.text
 
 
@@ -199,7 +198,7 @@ def test_a_damaged_export_falls_back_to_torch(exported, tmp_path, caplog, fresh_
 
 
 def corrupted_yolo(exported):
-    """A stand-in for ``convert_yolo`` whose network is the real export with scores off by 5%."""
+    """A stand-in for YOLO's ``convert`` whose network is the real export with scores off by 5%."""
     import openvino.opset13 as ops
 
     from segmentation.inference.openvino_runtime import core
@@ -220,7 +219,7 @@ def corrupted_yolo(exported):
 def test_export_refuses_a_network_that_disagrees_and_installs_nothing(
     exported, photos, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(export_module, "convert_yolo", corrupted_yolo(exported))
+    monkeypatch.setattr(yolo_module.FAMILY, "convert", corrupted_yolo(exported))
     with pytest.raises(ExportRefusedError, match="disagrees with torch"):
         export_model(YOLOV7, weights_dir=tmp_path, photos={"coffee": photos["coffee"]})
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
@@ -231,7 +230,7 @@ def test_a_refused_export_leaves_the_installed_one_in_use(exported, photos, tmp_
     link_export(exported, tmp_path, YOLOV7)
     manifest = (tmp_path / f"{YOLOV7}.openvino.json").read_text()
     files = sorted(p.name for p in tmp_path.iterdir())
-    monkeypatch.setattr(export_module, "convert_yolo", corrupted_yolo(exported))
+    monkeypatch.setattr(yolo_module.FAMILY, "convert", corrupted_yolo(exported))
     with pytest.raises(ExportRefusedError):
         export_model(YOLOV7, weights_dir=tmp_path, photos={"coffee": photos["coffee"]}, force=True)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == files
@@ -243,10 +242,10 @@ def test_an_export_that_is_up_to_date_is_not_redone(exported, monkeypatch):
     def fail(*args):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(export_module, "convert_yolo", fail)
+    monkeypatch.setattr(yolo_module.FAMILY, "convert", fail)
     manifest = export_model(YOLOV7, weights_dir=exported, photos={})
     assert manifest.xml.is_file()
-    assert manifest.verification["photos"] == ["astronaut.png", "astronaut.png (portrait)"]
+    assert manifest.verification["photos"] == ["astronaut.jpg", "astronaut.jpg (portrait)"]
 
 
 def test_detections_that_differ_are_reported(yolo, photos):
@@ -254,7 +253,7 @@ def test_detections_that_differ_are_reported(yolo, photos):
     assert len(detections) >= 2
     assert compare_detections(detections, detections, threshold=0.3) == []
     problems = compare_detections(detections, detections[1:], threshold=0.3)
-    assert problems == [f"missing {export_module._describe(detections[0])}"]
+    assert problems == [f"missing {describe(detections[0])}"]
 
 
 def test_the_web_side_of_the_engine_never_imports_openvino(tmp_path):
@@ -297,3 +296,47 @@ def test_openvino_compiles_in_fp32_unpinned_by_default(monkeypatch):
     assert config["ENABLE_CPU_PINNING"] is False
     assert config["INFERENCE_NUM_THREADS"] == 3
     assert config["CPU_RUNTIME_CACHE_CAPACITY"] > 0
+
+
+@pytest.fixture(scope="session")
+def exported_int8(exported):
+    """``exported`` plus YOLOv7-seg's INT8 export (calibrated on the shipped photos)."""
+    export_model(
+        YOLOV7, weights_dir=exported, precision="int8", photos=shipped_photos(CHECK_PHOTOS)
+    )
+    return exported
+
+
+@pytest.mark.slow
+def test_int8_runs_where_asked_and_finds_what_torch_finds(
+    exported_int8, photos, reference_answers, fresh_cache
+):
+    from segmentation.inference.agreement import Reproduction
+
+    segmenter = load_segmenter(
+        YOLOV7, device="cpu", weights_dir=exported_int8, runtime="auto", precision="int8"
+    )
+    assert (segmenter.runtime, segmenter.precision) == ("openvino", "int8")
+    reproduction = Reproduction()
+    for photo in ("astronaut", "chelsea", "coffee"):
+        expected = torch_answers(reference_answers, YOLOV7, exported_int8, photos, photo, 0.25)
+        reproduction.add(
+            [d for d in expected if d.score >= 0.5],
+            segmenter.predict(photos[photo], score_threshold=0.5),
+        )
+    assert reproduction.reference >= 3
+    assert reproduction.share >= 0.8, reproduction.as_dict()
+
+
+@pytest.mark.slow
+def test_int8_without_its_export_runs_the_fp32_export_with_a_log_line(
+    exported, tmp_path, caplog, fresh_cache
+):
+    link_export(exported, tmp_path, YOLOV7)
+    with caplog.at_level(logging.WARNING, logger="segmentation.inference"):
+        segmenter = load_segmenter(
+            YOLOV7, device="cpu", weights_dir=tmp_path, runtime="auto", precision="int8"
+        )
+    assert (segmenter.runtime, segmenter.precision) == ("openvino", "fp32")
+    assert "runs the FP32 OpenVINO export, not INT8" in caplog.text
+    assert "--precision int8" in caplog.text

@@ -12,7 +12,7 @@ from segmentation.inference import (
     registry,
     resolve_model_name,
 )
-from segmentation.inference.registry import MASKRCNN, MASKRCNN_V2, YOLOV7
+from segmentation.inference.catalog import MASKRCNN, MASKRCNN_V2, YOLOV7
 
 
 def test_every_model_is_listed_with_why_it_cannot_run(tmp_path):

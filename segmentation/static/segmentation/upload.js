@@ -50,6 +50,7 @@
     data.append("images", file, file.name);
     data.append("score_threshold", form.elements.score_threshold.value);
     data.append("model", form.elements.model.value);
+    if (form.elements.precision) data.append("precision", form.elements.precision.value);
     data.append("csrfmiddlewaretoken", form.elements.csrfmiddlewaretoken.value);
     state.className = "file-state muted";
     state.textContent = "uploading…";
