@@ -96,6 +96,7 @@ class _Fixed:
     """A stand-in segmenter that returns prepared detections (the bench measures the page)."""
 
     runtime = "bench"
+    precision = "fp32"
 
     def __init__(self, detections) -> None:
         self.detections = detections
@@ -125,7 +126,7 @@ def setup_site(data_dir: Path, photo: Image.Image, detections=None, threshold=0.
     upload = SimpleUploadedFile("crowd.jpg", buffer.getvalue(), content_type="image/jpeg")
     job = services.job_create(owner=user, upload=upload, score_threshold=threshold)
     if detections is not None:
-        inference.load_segmenter = lambda name=None: _Fixed(detections)
+        inference.load_segmenter = lambda name=None, **options: _Fixed(detections)
     services.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
@@ -403,7 +404,7 @@ def finish(data_dir: Path, job_id: str, count: int) -> None:
 
     job = Job.objects.get(pk=job_id)
     detections = blobs((job.width, job.height), count)
-    inference.load_segmenter = lambda name=None: _Fixed(detections)
+    inference.load_segmenter = lambda name=None, **options: _Fixed(detections)
     services.job_run(job_id=job.pk)
 
 

@@ -6,8 +6,8 @@
     python -m segweb_client export --format coco --out coco/ --collection <id>
 
 The token is kept in ``$XDG_CONFIG_HOME/segweb/client.json`` (mode 600); ``SEGWEB_URL`` and
-``SEGWEB_TOKEN`` in the environment take precedence. The client follows the server's OpenAPI
-schema (``/api/schema/``): features a server does not offer yet are done the long way round.
+``SEGWEB_TOKEN`` in the environment take precedence. Exports are built by the server
+(``POST /api/exports/``) and unpacked into ``--out`` in the layout CVAT and datumaro read.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from requests.adapters import HTTPAdapter, Retry
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic",
                   ".heif"}  # fmt: skip
 TIMEOUT = 60  # seconds for ordinary requests
+POLL_SECONDS = 1  # between looks at a job or an export in progress
+#: Dataset formats of ``POST /api/exports/`` (the README's "Exports" says what each holds).
+FORMATS = ["coco", "coco_polygons", "yolo", "masks", "cutouts"]
 UPLOAD_TIMEOUT = 600  # a large ZIP: every photo is checked before the server answers
 
 
@@ -78,7 +81,6 @@ class Api:
             self.session.mount(scheme, HTTPAdapter(max_retries=retry))
         if token:
             self.session.headers["Authorization"] = f"Token {token}"
-        self._schema: dict | None = None
 
     def request(self, method: str, path: str, *, expect=(200,), **kwargs) -> requests.Response:
         url = path if path.startswith("http") else self.base + path
@@ -102,20 +104,6 @@ class Api:
             if not page.get("next"):
                 return
             page = self.get(page["next"])
-
-    def schema(self) -> dict:
-        if self._schema is None:
-            self._schema = self.get("/api/schema/", params={"format": "json"})
-        return self._schema
-
-    def offers(self, path: str, method: str = "get", parameter: str | None = None) -> bool:
-        """Whether the server's OpenAPI schema has this route (and query parameter)."""
-        operation = self.schema().get("paths", {}).get(path, {}).get(method)
-        if operation is None:
-            return False
-        if parameter is None:
-            return True
-        return any(p.get("name") == parameter for p in operation.get("parameters", []))
 
 
 def _error_text(response: requests.Response) -> str:
@@ -334,7 +322,7 @@ def _wait(api: Api, kind: str, body: dict) -> int:
     if kind == "job":
         progress = Progress("segment", 1)
         while body["status"] not in ("succeeded", "failed"):
-            time.sleep(1)
+            time.sleep(POLL_SECONDS)
             body = api.get(body["url"])
         progress.update(1, body["status"])
         progress.close()
@@ -347,7 +335,7 @@ def _wait(api: Api, kind: str, body: dict) -> int:
         progress.update(counts["done"] + counts["failed"], f"({counts['failed']} failed)")
         if body["finished"]:
             break
-        time.sleep(1)
+        time.sleep(POLL_SECONDS)
         body = api.get(body["url"])
     progress.close()
     print(f"collection {body['id']}: {counts['done']} succeeded, {counts['failed']} failed")
@@ -363,24 +351,19 @@ def parse_has(value: str) -> tuple[str, int]:
 
 def select_jobs(api: Api, args) -> Iterator[dict]:
     """Jobs matching --has / --status / --collection, newest first."""
-    params = {}
+    yield from api.pages("/api/jobs/", job_filters(args))
+
+
+def job_filters(args) -> dict:
+    """The job list's query for --has (repeatable: all must hold), --status, --collection."""
+    filters: dict = {}
     if getattr(args, "status", None):
-        params["status"] = args.status
+        filters["status"] = args.status
     if getattr(args, "collection", None):
-        params["collection"] = args.collection
-    has = getattr(args, "has", None)
-    if has and api.offers("/api/jobs/", parameter="has"):
-        yield from api.pages("/api/jobs/", {**params, "has": f"{has[0]}:{has[1]}"})
-        return
-    if has:
-        # Servers without `has=` filter by class; the count is checked on each job's detections.
-        params["label"] = has[0]
-    for job in api.pages("/api/jobs/", params):
-        if has and has[1] > 1:
-            detail = api.get(job["url"])
-            if sum(d["label"] == has[0] for d in detail["detections"]) < has[1]:
-                continue
-        yield job
+        filters["collection"] = args.collection
+    if getattr(args, "has", None):
+        filters["has"] = [f"{label}:{count}" for label, count in args.has]
+    return filters
 
 
 def cmd_jobs(args, config: dict) -> int:
@@ -398,31 +381,48 @@ def cmd_jobs(args, config: dict) -> int:
 
 
 def cmd_export(args, config: dict) -> int:
+    """A bulk export (``POST /api/exports/``) built by the server, then unpacked into --out."""
     api = _api(args, config)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    body: dict = {"format": args.format}
     if args.job_ids:
-        jobs = [api.get(f"/api/jobs/{job_id}/") for job_id in args.job_ids]
+        body["jobs"] = args.job_ids
     else:
-        args.status = "succeeded"
-        jobs = list(select_jobs(api, args))
-    per_job_export = api.offers("/api/jobs/{id}/export/")
-    progress = Progress("export", len(jobs))
-    written = 0
-    for n, job in enumerate(jobs, 1):
-        if job["status"] != "succeeded":
-            print(f"  skipped {job['id']}: {job['status']}", file=sys.stderr)
-            continue
-        if per_job_export:
-            data = api.get(f"/api/jobs/{job['id']}/export/", params={"format": args.format})
-        else:
-            data = api.get(f"/api/jobs/{job['id']}/coco/")
-        (out / f"{job['id']}.json").write_text(json.dumps(data))
-        written += 1
-        progress.update(n)
+        body["filters"] = {**job_filters(args), "status": "succeeded"}
+    created = api.request("POST", "/api/exports/", json=body, expect=(202,)).json()
+    export = api.get(created["url"])
+    progress = Progress("export", export["progress"]["total"])
+    while export["status"] not in ("succeeded", "failed"):
+        progress.update(export["progress"]["done"], export["status"])
+        time.sleep(POLL_SECONDS)
+        export = api.get(created["url"])
+    progress.update(export["progress"]["done"], export["status"])
     progress.close()
-    print(f"{written} COCO file(s) written to {out}")
+    if export["status"] == "failed":
+        raise ClientError(f"The export failed: {export['error']}")
+    with tempfile.TemporaryFile() as archive:
+        response = api.request("GET", export["download_url"], stream=True)
+        for chunk in response.iter_content(1 << 20):
+            archive.write(chunk)
+        count = unpack(archive, out)
+    print(
+        f"{export['progress']['total']} job(s) exported as {args.format}: {count} file(s) in {out}"
+    )
     return 0
+
+
+def unpack(archive, out: Path) -> int:
+    """Extract a ZIP into ``out``, refusing any member that would land outside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    root = out.resolve()
+    with zipfile.ZipFile(archive) as bundle:
+        members = [m for m in bundle.infolist() if not m.is_dir()]
+        for member in members:
+            target = (root / member.filename).resolve()
+            if root not in target.parents:
+                raise ClientError(f"The export holds a file outside its folder: {member.filename}")
+        bundle.extractall(root, members)
+    return len(members)
 
 
 def _api(args, config: dict) -> Api:
@@ -462,18 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(run=cmd_upload)
 
     jobs = commands.add_parser("jobs", help="list your jobs")
-    jobs.add_argument("--has", type=parse_has, metavar="LABEL[:N]",
-                      help="jobs with at least N instances of LABEL, e.g. person:2")  # fmt: skip
+    jobs.add_argument("--has", type=parse_has, action="append", metavar="LABEL[:N]",
+                      help="jobs with at least N instances of LABEL, e.g. person:2 "
+                      "(repeatable: all must hold)")  # fmt: skip
     jobs.add_argument("--status", choices=["queued", "running", "succeeded", "failed"])
     jobs.add_argument("--collection", help="a collection's id")
     jobs.add_argument("--limit", type=int, default=0)
     jobs.set_defaults(run=cmd_jobs)
 
-    export = commands.add_parser("export", help="download detections as COCO files")
+    export = commands.add_parser(
+        "export", help="export jobs as a dataset (COCO, YOLO, masks, cut-outs) into a folder"
+    )
     export.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    export.add_argument("--format", choices=["coco"], default="coco")
+    export.add_argument("--format", choices=FORMATS, default="coco")
     export.add_argument("--out", required=True, metavar="DIR")
-    export.add_argument("--has", type=parse_has, metavar="LABEL[:N]")
+    export.add_argument("--has", type=parse_has, action="append", metavar="LABEL[:N]",
+                        help="jobs with at least N instances of LABEL (repeatable)")  # fmt: skip
     export.add_argument("--collection", help="a collection's id")
     export.set_defaults(run=cmd_export)
     return parser

@@ -122,9 +122,12 @@ def test_login_upload_wait_list_export_with_webhooks_and_metrics(tmp_path, monke
             assert capsys.readouterr().out == ""
 
             assert main(["export", "--format", "coco", "--out", str(tmp_path / "coco")]) == 0
-            exported = [json.loads(p.read_text()) for p in (tmp_path / "coco").glob("*.json")]
-            assert len(exported) == 3
-            assert all({"images", "annotations", "categories"} <= set(e) for e in exported)
+            coco = json.loads((tmp_path / "coco/annotations/instances_default.json").read_text())
+            assert len(coco["images"]) == 3
+            assert {"cup", "cat"} <= {c["name"] for c in coco["categories"]
+                                      if any(a["category_id"] == c["id"]
+                                             for a in coco["annotations"])}  # fmt: skip
+            assert len(list((tmp_path / "coco/images/default").iterdir())) == 3
 
             bearer = {"Authorization": "Bearer metrics-token"}
             scrape = api.request("GET", "/metrics", headers=bearer).text
