@@ -743,15 +743,13 @@ def job_unhide(*, job: Job) -> None:
         job_classes_sync(job_id=job.pk)
 
 
+#: Every file a job stores; deleting a job, alone or with its collection, deletes them all.
+JOB_FILE_FIELDS = ("image", "thumbnail", "overlay", "overlay_thumbnail", "preview")
+
+
 def job_delete(*, job: Job) -> None:
     """Delete a job, its detections and, once that is committed, its files."""
-    names = [
-        job.image.name,
-        job.thumbnail.name,
-        job.overlay.name,
-        job.overlay_thumbnail.name,
-        job.preview.name,
-    ]
+    names = [getattr(job, field).name for field in JOB_FILE_FIELDS]
     with transaction.atomic():
         job_classes_sync(job_id=job.pk, deleting=True)
         Job.objects.filter(pk=job.pk).delete()
@@ -1263,7 +1261,7 @@ def collection_retry(*, collection: Collection) -> int:
 
 def collection_delete(*, collection: Collection) -> None:
     """Delete a collection, its jobs and, once that is committed, their files."""
-    rows = Job.objects.filter(collection=collection).values_list("image", "thumbnail", "overlay")
+    rows = Job.objects.filter(collection=collection).values_list(*JOB_FILE_FIELDS)
     with transaction.atomic():
         names = [name for row in rows for name in row]
         for job_id in Job.objects.filter(collection=collection).values_list("pk", flat=True):

@@ -7,6 +7,8 @@ import io
 import zipfile
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from segmentation.models import Collection, Job, RefusedUploadCount
@@ -406,7 +408,11 @@ def test_retry_queues_the_failed_jobs_again(alice, collection, django_capture_on
 def test_delete_removes_the_collection_its_jobs_and_files(
     alice, collection, private_storage, django_capture_on_commit_callbacks
 ):
-    succeed(Job.objects.filter(collection=collection).first())
+    job = succeed(Job.objects.filter(collection=collection).first())
+    # What the worker also stores: the viewer's preview and the overlay's thumbnail.
+    for field in ("preview", "overlay_thumbnail"):
+        name = default_storage.save(f"{field}s/{job.pk}.jpg", ContentFile(image_bytes()))
+        Job.objects.filter(pk=job.pk).update(**{field: name})
     assert stored_files(private_storage)
 
     with django_capture_on_commit_callbacks(execute=True):
