@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import requests
 from celery.exceptions import SoftTimeLimitExceeded
@@ -1281,6 +1281,8 @@ DELIVERY_FIRST_RETRY = timedelta(seconds=30)
 DELIVERY_BACKOFF_FACTOR = 4
 # A claimed attempt not recorded by then (its worker died) is due again.
 DELIVERY_LEASE = timedelta(seconds=90)
+# Finished deliveries (and their attempts) are kept this long for the account page's log.
+DELIVERY_KEPT = timedelta(days=30)
 
 
 class InvalidWebhook(Exception):
@@ -1503,7 +1505,15 @@ def webhooks_sweep(*, publish: Callable[[uuid.UUID], None] | None = None) -> int
     )
     for delivery_id in due:
         publish(delivery_id)
+    _deliveries_prune(before=now - DELIVERY_KEPT)
     return len(due)
+
+
+def _deliveries_prune(*, before: datetime) -> None:
+    """Forget finished deliveries older than ``before``, a bounded batch per sweep (the table
+    would otherwise grow with every job of every user with a webhook)."""
+    old = WebhookDelivery.objects.filter(finished_at__lt=before).values_list("pk", flat=True)
+    WebhookDelivery.objects.filter(pk__in=list(old[:1000])).delete()
 
 
 # --- Counters for /metrics ------------------------------------------------------------------

@@ -477,6 +477,26 @@ def test_the_sweep_publishes_due_retries_and_lost_first_attempts(owner, hook, pu
     assert published == [delivery.pk]
 
 
+def test_the_sweep_forgets_finished_deliveries_after_thirty_days(owner, hook, published, commit):
+    with commit():
+        old, recent, pending = (succeed(create_job(owner)) for _ in range(3))
+    deliveries = WebhookDelivery.objects.filter(webhook=hook)
+    assert deliveries.count() == 3
+    long_ago = timezone.now() - timedelta(days=31)
+    by_job = {d.payload["job"]["id"]: d for d in deliveries}
+    finished = WebhookDelivery.Status.DELIVERED
+    deliveries.filter(pk=by_job[str(old.pk)].pk).update(status=finished, finished_at=long_ago)
+    deliveries.filter(pk=by_job[str(recent.pk)].pk).update(
+        status=finished, finished_at=timezone.now() - timedelta(days=29)
+    )
+    deliveries.filter(pk=by_job[str(pending.pk)].pk).update(created_at=long_ago)
+
+    services.webhooks_sweep()
+
+    kept = {d.payload["job"]["id"] for d in WebhookDelivery.objects.filter(webhook=hook)}
+    assert kept == {str(recent.pk), str(pending.pk)}
+
+
 # --- the deliveries log ---------------------------------------------------------------------
 
 
