@@ -18,6 +18,7 @@ from datetime import datetime
 import requests
 from PIL import Image
 
+from segmentation import services
 from tests.photos import ASTRONAUT, CHELSEA, COFFEE, MOTORCYCLE, ROCKET
 
 PHOTOS = [COFFEE, CHELSEA, ASTRONAUT, MOTORCYCLE, ROCKET]
@@ -33,7 +34,8 @@ def percentile(values: list[float], q: float) -> float:
 def test_readyz_checks_postgresql_redis_and_s3(stack):
     response = requests.get(f"{stack.base}/readyz", timeout=30)
     assert response.status_code == 200, response.text
-    assert response.json()["checks"] == {"database": "ok", "storage": "ok", "broker": "ok"}
+    checks = response.json()["checks"]
+    assert checks == {"database": "ok", "storage": "ok", "broker": "ok", "models": "ok"}
 
 
 def test_forty_uploads_from_eight_clients_all_succeed(stack, seaweedfs, capsys):
@@ -109,12 +111,12 @@ def test_forty_uploads_from_eight_clients_all_succeed(stack, seaweedfs, capsys):
         with open(report, "a") as f:
             f.write(json.dumps({"test": "load", **figures}) + "\n")
 
-    # Deleting a job through the API deletes its three objects.
+    # Deleting a job through the API deletes every object it stored.
     job_id = next(iter(ids))
 
     def objects_of_job() -> list[str]:
         return [key for key in seaweedfs.object_keys() if job_id in key]
 
-    assert len(objects_of_job()) == 3  # photo, thumbnail, overlay
+    assert len(objects_of_job()) == len(services.JOB_FILE_FIELDS)  # photo, overlay, previews
     assert session.delete(f"{stack.base}/api/jobs/{job_id}/", timeout=30).status_code == 204
     assert objects_of_job() == []
