@@ -197,9 +197,10 @@ class Job(Owned, models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
-            # The owner's own history (moderated jobs left out): its count and any page of it
-            # from the index alone. Django writes hidden=False as NOT hidden, which is no
-            # equality: hidden comes after the date, or every page would sort the history.
+            # An owner's jobs less those a moderator hid (what exports select; the history
+            # shows hidden jobs too, marked): a count and any page of them from the index
+            # alone. Django writes hidden=False as NOT hidden, which is no equality: hidden
+            # comes after the date, or every page would sort them.
             models.Index(fields=["owner", "-created_at", "hidden", "id"], name="job_owner_visible"),
             # ...and its count from an index a third that size (measured: 3.0 against 6.6 ms
             # for 50k jobs on a fresh SQLite connection).

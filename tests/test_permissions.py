@@ -69,11 +69,13 @@ class Route:
 
 
 def get(url: str) -> Callable:
-    return lambda client, job: client.get(url.format(pk=job.pk))
+    return lambda client, job: client.get(url.format(pk=job.pk, collection=job.collection_id))
 
 
 def post(url: str, data=None) -> Callable:
-    return lambda client, job: client.post(url.format(pk=job.pk), data or {})
+    return lambda client, job: client.post(
+        url.format(pk=job.pk, collection=job.collection_id), data or {}
+    )
 
 
 def gone(job: Job) -> bool:
@@ -86,6 +88,10 @@ def queued(job: Job) -> bool:
 
 def threshold_changed(job: Job) -> bool:
     return Job.objects.get(pk=job.pk).score_threshold == 0.8
+
+
+def cancelled(job: Job) -> bool:
+    return Job.objects.get(pk=job.pk).status == Job.Status.FAILED
 
 
 def patch_threshold(client, job):
@@ -110,6 +116,20 @@ ROUTES = {
     "api delete": Route(lambda c, job: c.delete(f"/api/jobs/{job.pk}/"), effect=gone),
     "api retry": Route(post("/api/jobs/{pk}/retry/"), state="failed", effect=queued),
     "api threshold": Route(patch_threshold, effect=threshold_changed),
+    # Collections are groups of jobs: the job permissions open them too.
+    "collection page": Route(get("/collections/{collection}/"), state="collection"),
+    "collection cancel": Route(
+        post("/collections/{collection}/cancel/"), state="collection", effect=cancelled
+    ),
+    "collection delete": Route(
+        post("/collections/{collection}/delete/"), state="collection", effect=gone
+    ),
+    "api collection": Route(get("/api/collections/{collection}/"), state="collection"),
+    "api collection delete": Route(
+        lambda c, job: c.delete(f"/api/collections/{job.collection_id}/"),
+        state="collection",
+        effect=gone,
+    ),
 }
 #: Answers per persona, in the order of PERSONAS. Seeing (and downloading) needs "view job";
 #: changing "change job"; deleting "delete job"; staff without permissions are nobody here.
@@ -131,6 +151,11 @@ EXPECTED = {
     "api delete": (204, 404, 404, 403, 403, 204),
     "api retry": (202, 404, 404, 403, 202, 202),
     "api threshold": (200, 404, 404, 403, 200, 200),
+    "collection page": SEE,
+    "collection cancel": (302, 404, 404, 403, 302, 302),
+    "collection delete": (302, 404, 404, 403, 403, 302),
+    "api collection": SEE,
+    "api collection delete": (204, 404, 404, 403, 403, 204),
 }
 ALLOWED = {200, 202, 204, 302}
 
@@ -141,6 +166,11 @@ def small_job(owner) -> Job:
 
 
 def job_in(state: str, owner) -> Job:
+    """A job of ``owner``: failed, succeeded, or queued as the one photo of a collection."""
+    if state == "collection":
+        photo = SimpleUploadedFile("coffee.png", image_bytes((96, 64)))
+        collection = services.collection_create_from_photos(owner=owner, uploads=[photo])
+        return collection.jobs.get()
     job = small_job(owner)
     return fail(job) if state == "failed" else succeed(job)
 
