@@ -677,7 +677,8 @@ class ExportViewSet(
         responses={200: CollectionSerializer, **ERRORS},
     ),
     destroy=extend_schema(
-        summary="Delete a collection, its jobs and their files", responses={204: None, **ERRORS}
+        summary="Delete a collection, its jobs and their files",
+        responses={204: None, **REFUSED, **ERRORS},
     ),
 )
 class CollectionViewSet(
@@ -778,7 +779,7 @@ class CollectionViewSet(
 
     @extend_schema(
         request=None,
-        responses={200: CountSerializer, **ERRORS},
+        responses={200: CountSerializer, **REFUSED, **ERRORS},
         summary="Cancel the queued jobs (running ones finish; cancelled ones count as failed)",
     )
     @action(detail=True, methods=["post"])
@@ -791,6 +792,7 @@ class CollectionViewSet(
             200: CountSerializer,
             429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
             503: OpenApiResponse(ErrorSerializer, description="Their model cannot run now."),
+            **REFUSED,
             **ERRORS,
         },
         summary="Queue the failed (and cancelled) jobs again",
