@@ -1,4 +1,10 @@
-"""Moderation in the Django admin. Every action calls a service; nothing writes here directly."""
+"""Moderation in the Django admin. Every action calls a service; nothing writes here directly.
+
+What a staff account may do follows its model permissions, as everywhere else
+(``models.ACTION_PERMISSIONS``): seeing jobs needs "view job", hiding, showing again and
+re-running "change job", deleting "delete job"; deactivating users "change user". Being staff
+only opens the admin's door.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from . import services
-from .models import Detection, Job
+from .models import Detection, Job, may_on_everyones
 
 
 class LabelFilter(admin.SimpleListFilter):
@@ -85,6 +91,16 @@ class JobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # moderation goes through the actions below
 
+    def has_view_permission(self, request, obj=None) -> bool:
+        return may_on_everyones(request.user, "view")
+
+    def has_moderate_permission(self, request) -> bool:
+        """Hide, show again, run again: the "change job" permission (the form stays read-only)."""
+        return may_on_everyones(request.user, "change")
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return may_on_everyones(request.user, "delete")
+
     def get_actions(self, request):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)  # it would leave the files behind
@@ -123,7 +139,7 @@ class JobAdmin(admin.ModelAdmin):
         shown = {d.label for d in job.detections.all() if d.score >= job.score_threshold}
         return ", ".join(sorted(shown)) or "—"
 
-    @admin.action(description="Hide from their owners…")
+    @admin.action(description="Hide from their owners…", permissions=["moderate"])
     def hide_jobs(self, request, queryset):
         if "apply" in request.POST:
             form = HideForm(request.POST)
@@ -147,13 +163,13 @@ class JobAdmin(admin.ModelAdmin):
             },
         )
 
-    @admin.action(description="Show again to their owners")
+    @admin.action(description="Show again to their owners", permissions=["moderate"])
     def unhide_jobs(self, request, queryset):
         for job in queryset:
             services.job_unhide(job=job)
         self.message_user(request, f"{queryset.count()} job(s) visible again.", messages.SUCCESS)
 
-    @admin.action(description="Run again")
+    @admin.action(description="Run again", permissions=["moderate"])
     def rerun_jobs(self, request, queryset):
         done, skipped = 0, 0
         for job in queryset:
@@ -168,7 +184,7 @@ class JobAdmin(admin.ModelAdmin):
                 request, f"{skipped} job(s) skipped: still queued or running.", messages.WARNING
             )
 
-    @admin.action(description="Delete, with their files")
+    @admin.action(description="Delete, with their files", permissions=["delete"])
     def delete_jobs(self, request, queryset):
         count = 0
         for job in queryset:
@@ -195,14 +211,23 @@ class SegwebUserAdmin(UserAdmin):
     def job_count(self, user) -> int:
         return user._job_count
 
-    @admin.action(description="Deactivate (no sign-in, API tokens revoked)")
+    @admin.action(description="Deactivate (no sign-in, API tokens revoked)", permissions=["change"])
     def deactivate_users(self, request, queryset):
+        done = 0
         for user in queryset:
             if user.pk == request.user.pk:
                 self.message_user(request, "You cannot deactivate yourself.", messages.ERROR)
                 continue
+            if user.is_superuser and not request.user.is_superuser:
+                # Otherwise "change user" would be a way to lock the superusers out.
+                message = (
+                    f"{user.get_username()} is a superuser: only a superuser may deactivate them."
+                )
+                self.message_user(request, message, messages.WARNING)
+                continue
             services.user_deactivate(user=user)
-        self.message_user(request, "Selected users deactivated.", messages.SUCCESS)
+            done += 1
+        self.message_user(request, f"{done} user(s) deactivated.", messages.SUCCESS)
 
 
 admin.site.site_header = "segweb moderation"

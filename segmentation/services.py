@@ -568,12 +568,6 @@ def warm_up_worker() -> None:
 # --- Changing the threshold after the fact --------------------------------------------------
 
 
-def can_change_threshold(*, user: AbstractBaseUser, job: Job) -> bool:
-    """Whether ``user`` may change ``job``'s threshold: its owner, or a moderator allowed to
-    change jobs. The caller has already found the job through ``Job.objects.for_user``."""
-    return job.owner_id == user.pk or user.has_perm("segmentation.change_job")
-
-
 def job_set_threshold(*, job: Job, threshold: float) -> Job:
     """Show ``job``'s detections scoring at least ``threshold``, without running the model again.
 
@@ -849,7 +843,7 @@ def export_create(
     limits = settings.SEGWEB
     if format not in Export.Format.values:
         raise ExportRefused(f"Unknown format; one of: {', '.join(Export.Format.values)}.")
-    mine = Job.objects.for_user(owner).filter(owner=owner)
+    mine = Job.objects.for_user(owner, "download").filter(owner=owner)  # hidden ones left out
     if job_ids is not None:
         selected = _selected_jobs(mine, job_ids)
         selection = {"jobs": len(selected)}
@@ -964,7 +958,7 @@ def export_run(*, export_id: uuid.UUID | str) -> None:
     export = Export.objects.get(pk=export_id)
     name = f"exports/{export.owner_id}/{export.pk}.zip"
     jobs = (
-        Job.objects.for_user(export.owner)
+        Job.objects.for_user(export.owner, "download")
         .filter(owner=export.owner_id, status=Job.Status.SUCCEEDED)
         .filter(pk__in=Export.jobs.through.objects.filter(export_id=export.pk).values("job_id"))
         .order_by("created_at")

@@ -168,7 +168,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
     else:
         page = Paginator([], 1).get_page(1)
         conditions = []
-    chips = results.chips_for(page.object_list)
+    chips = results.chips_for(_shown(page.object_list, request.user))
     cards = [(job, chips.get(job.pk, [])) for job in page.object_list]
     searched = {c.label for c in conditions}
     facets = [
@@ -205,6 +205,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _shown(jobs, user) -> list[Job]:
+    """The jobs whose results a list may show: not those hidden from their owner."""
+    return [job for job in jobs if job.allows(user, "download")]
+
+
 def _facet_query(request: HttpRequest, conditions: list, label: str) -> str:
     """The query string with ``label`` added to the search, or taken out if it is in it."""
     kept = [c for c in conditions if c.label != label]
@@ -234,7 +239,8 @@ def _errors(errors) -> list[str]:
 
 _CARD_FIELDS = (
     "id", "owner_id", "status", "thumbnail", "overlay_thumbnail", "original_filename",
-    "created_at", "finished_at", "model", "width", "height", "hidden", "score_threshold",
+    "created_at", "finished_at", "model", "width", "height", "score_threshold",
+    "hidden", "hidden_reason", "hidden_at",
 )  # fmt: skip
 
 
@@ -277,25 +283,33 @@ def export_list(request: HttpRequest) -> HttpResponse:
 # --- One job --------------------------------------------------------------------------------
 
 
-def _visible_job(request: HttpRequest, pk) -> Job:
-    return get_object_or_404(Job.objects.for_user(request.user), pk=pk)
+def _job(request: HttpRequest, pk, action: str = "view") -> Job:
+    """The job if the user may do ``action`` to it: a 404 if they may not see it, a 403 saying
+    why if they may see it but not do this (the owner of a hidden job asking for its files)."""
+    try:
+        return Job.objects.get_for(request.user, pk, action)
+    except Job.DoesNotExist:
+        raise Http404("No such job.") from None
 
 
 @login_required
 @require_GET
 def job_detail(request: HttpRequest, pk) -> HttpResponse:
-    job = _visible_job(request, pk)
+    job = _job(request, pk)
     return render(request, "segmentation/job_detail.html", _detail_context(job, request.user))
 
 
 def _detail_context(job: Job, user) -> dict:
-    found = results.job_results(job)
-    can_change = services.can_change_threshold(user=user, job=job)
+    can_download = job.allows(user, "download")
+    found = results.job_results(job) if can_download else None
+    can_change = job.allows(user, "change")
     return {
         "job": job,
         "results": found,
+        "can_download": can_download,
         "can_change": can_change,
-        "viewer": results.viewer_data(job, found, can_change=can_change),
+        "can_delete": job.allows(user, "delete"),
+        "viewer": results.viewer_data(job, found, can_change=can_change) if found else None,
         "version": files.version(job),
     }
 
@@ -305,7 +319,7 @@ def _detail_context(job: Job, user) -> dict:
 @require_GET
 def job_status(request: HttpRequest, pk) -> JsonResponse:
     """Polled by the job page while the job is queued or running."""
-    job = _visible_job(request, pk)
+    job = _job(request, pk)
     context = _detail_context(job, request.user)
     body = render_to_string("segmentation/_job_body.html", context, request=request)
     return JsonResponse({"status": job.status, "finished": job.is_finished, "html": body})
@@ -314,7 +328,7 @@ def job_status(request: HttpRequest, pk) -> JsonResponse:
 @login_required
 @require_POST
 def job_delete(request: HttpRequest, pk) -> HttpResponse:
-    job = _visible_job(request, pk)
+    job = _job(request, pk, "delete")
     services.job_delete(job=job)
     messages.success(request, f"Deleted {job.original_filename}.")
     return redirect("job-list")
@@ -324,7 +338,7 @@ def job_delete(request: HttpRequest, pk) -> HttpResponse:
 @require_POST
 def job_retry(request: HttpRequest, pk) -> HttpResponse:
     """The failed-job page's Retry button (the API's ``POST /api/jobs/{id}/retry/``, as a form)."""
-    job = _visible_job(request, pk)
+    job = _job(request, pk, "change")
     wait = job_rate_wait(request)
     if wait is not None:
         messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
@@ -352,7 +366,7 @@ def job_rate_wait(request: HttpRequest) -> float | None:
 @login_required
 @require_GET
 def job_file(request: HttpRequest, pk, kind: str) -> HttpResponse:
-    job = _visible_job(request, pk)
+    job = _job(request, pk, "download")
     try:
         return files.serve(job, kind, attachment=request.GET.get("download") == "1")
     except services.StorageUnavailable as exc:
@@ -362,7 +376,7 @@ def job_file(request: HttpRequest, pk, kind: str) -> HttpResponse:
 @login_required
 @require_GET
 def job_coco(request: HttpRequest, pk) -> HttpResponse:
-    job = _visible_job(request, pk)
+    job = _job(request, pk, "download")
     if job.status != Job.Status.SUCCEEDED:
         raise Http404("Detections are available once the job has succeeded.")
     stem = job.original_filename.rsplit(".", 1)[0] or "photo"
@@ -376,9 +390,11 @@ def job_coco(request: HttpRequest, pk) -> HttpResponse:
 COLLECTION_PAGE_SIZE = 48
 
 
-def _visible_collection(request: HttpRequest, pk) -> Collection:
-    collections = Collection.objects.for_user(request.user).with_progress()
-    return get_object_or_404(collections, pk=pk)
+def _collection(request: HttpRequest, pk, action: str = "view") -> Collection:
+    try:
+        return Collection.objects.with_progress().get_for(request.user, pk, action)
+    except Collection.DoesNotExist:
+        raise Http404("No such collection.") from None
 
 
 @login_required
@@ -392,12 +408,12 @@ def collection_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def collection_detail(request: HttpRequest, pk) -> HttpResponse:
-    collection = _visible_collection(request, pk)
+    collection = _collection(request, pk)
     jobs = Job.objects.for_user(request.user).filter(collection=collection)
     page = Paginator(jobs.only(*_CARD_FIELDS), COLLECTION_PAGE_SIZE).get_page(
         request.GET.get("page")
     )
-    chips = results.chips_for(page.object_list)  # classes above each job's threshold
+    chips = results.chips_for(_shown(page.object_list, request.user))  # above the threshold
     labels_by_job = {job_id: [c[0] for c in job_chips] for job_id, job_chips in chips.items()}
     return render(
         request,
@@ -414,7 +430,7 @@ def collection_detail(request: HttpRequest, pk) -> HttpResponse:
 @login_required
 @require_POST
 def collection_cancel(request: HttpRequest, pk) -> HttpResponse:
-    count = services.collection_cancel(collection=_visible_collection(request, pk))
+    count = services.collection_cancel(collection=_collection(request, pk, "change"))
     messages.success(request, f"{count} queued photo(s) cancelled.")
     return redirect("collection-detail", pk=pk)
 
@@ -422,7 +438,7 @@ def collection_cancel(request: HttpRequest, pk) -> HttpResponse:
 @login_required
 @require_POST
 def collection_retry(request: HttpRequest, pk) -> HttpResponse:
-    collection = _visible_collection(request, pk)
+    collection = _collection(request, pk, "change")
     wait = job_rate_wait(request)
     if wait is not None:
         messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
@@ -439,7 +455,7 @@ def collection_retry(request: HttpRequest, pk) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def collection_delete(request: HttpRequest, pk) -> HttpResponse:
-    collection = _visible_collection(request, pk)
+    collection = _collection(request, pk, "delete")
     if request.method == "GET":
         return render(
             request,

@@ -75,7 +75,8 @@ def test_hide_asks_for_a_reason_then_hides(staff_client, jobs, owner, staff):
     assert job.hidden
     assert job.hidden_reason == "copyrighted picture"
     assert job.hidden_by == staff
-    assert not Job.objects.for_user(owner).exists()
+    assert not Job.objects.for_user(owner, "download").exists()
+    assert Job.objects.for_user(owner).exists()  # still in their history, marked hidden
 
 
 def test_unhide(staff_client, jobs, staff):

@@ -351,9 +351,10 @@ def test_hide_needs_a_reason_and_records_who(owner, staff):
     assert job.hidden
     assert job.hidden_by == staff
     assert job.hidden_reason == "not a photo"
-    assert not Job.objects.for_user(owner).exists()
+    assert not Job.objects.for_user(owner, "download").exists()
+    assert Job.objects.for_user(owner, "delete").exists()
     services.job_unhide(job=job)
-    assert Job.objects.for_user(owner).exists()
+    assert Job.objects.for_user(owner, "download").exists()
 
 
 def test_delete_removes_row_detections_and_files(

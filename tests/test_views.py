@@ -62,13 +62,26 @@ def test_staff_can_open_any_job_for_moderation(client, staff, job):
         assert client.get(url).status_code == 200, url
 
 
-def test_hidden_jobs_disappear_for_their_owner(owner_client, job, staff):
-    from segmentation import services
-
-    services.job_hide(job=job, by=staff, reason="spam")
-    for url in job_pages(job):
-        assert owner_client.get(url).status_code == 404, url
-    assert b"coffee.png" not in owner_client.get(reverse("job-list")).content
+def test_a_hidden_job_stays_in_its_owners_history_with_the_reason_but_not_its_files(
+    owner_client, job, staff
+):
+    services.job_hide(job=job, by=staff, reason="a copyrighted picture")
+    history = owner_client.get(reverse("job-list")).content.decode()
+    assert "coffee.png" in history
+    assert "Hidden by a moderator" in history
+    assert "a copyrighted picture" in history
+    assert reverse("job-file", args=[job.pk, "thumbnail"]) not in history
+    page = owner_client.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert "A moderator hid this job" in page
+    assert "a copyrighted picture" in page
+    assert reverse("job-file", args=[job.pk, "image"]) not in page
+    assert reverse("job-coco", args=[job.pk]) not in page
+    for url in job_pages(job)[2:]:  # the files and the COCO file
+        response = owner_client.get(url)
+        assert response.status_code == 403, url
+        assert b"a copyrighted picture" in response.content, url
+    owner_client.post(reverse("job-delete", args=[job.pk]))
+    assert not Job.objects.filter(pk=job.pk).exists()
 
 
 def test_upload_page_offers_only_usable_models(owner_client):

@@ -121,9 +121,28 @@ class JobSummarySerializer(serializers.ModelSerializer):
         fields = [
             "id", "status", "url", "created_at", "finished_at", "original_filename",
             "width", "height", "model", "score_threshold", "kept_min_score", "labels", "classes",
-            "thumbnail_url",
+            "thumbnail_url", "hidden", "hidden_reason", "hidden_at",
         ]  # fmt: skip
         read_only_fields = fields
+        extra_kwargs = {
+            "hidden": {
+                "help_text": "Hidden by a moderator: it stays in its owner's history, but its "
+                "photo, results and files are no longer served to them (403); they may delete it."
+            },
+            "hidden_reason": {"help_text": "The moderator's reason; empty when not hidden."},
+            "hidden_at": {"help_text": "When a moderator hid it; null when not hidden."},
+        }
+
+    #: What a job shows of its photo and results: withheld (empty, null) where the viewer may
+    #: not download them, as from the owner of a hidden job.
+    RESULTS = {"labels": [], "classes": [], "detections": [], "thumbnail_url": None,
+               "image_url": None, "overlay_url": None}  # fmt: skip
+
+    def to_representation(self, job: Job) -> dict:
+        data = super().to_representation(job)
+        if not job.allows(self.context["request"].user, "download"):
+            data.update({k: v for k, v in self.RESULTS.items() if k in data})
+        return data
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_labels(self, job: Job) -> list[str]:

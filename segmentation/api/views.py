@@ -1,7 +1,8 @@
 """REST API views: parse input, call one service or query, serialize.
 
-Every job query starts from ``Job.objects.for_user``: another user's job is a 404 on every
-route, so its existence does not leak.
+Every job query starts from ``Job.objects.for_user`` (lists) or ``get_for`` (one job):
+another user's job is a 404 on every route, so its existence does not leak; a job one may see
+but not act on is a 403 saying why.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from rest_framework.exceptions import (
     APIException,
     NotFound,
     ParseError,
-    PermissionDenied,
     ValidationError,
 )
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -71,6 +71,15 @@ from .throttling import ScopedThrottle
 ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="No valid token or session."),
     404: OpenApiResponse(ErrorSerializer, description="No such job (or not yours)."),
+}
+# A job one may see but not act on: a moderator without the permission for this action, or
+# the owner of a job a moderator hid (its files and results are no longer served to them).
+REFUSED = {
+    403: OpenApiResponse(
+        ErrorSerializer,
+        description="You may see this job but not do this: a moderator lacking the "
+        "permission, or the job was hidden by a moderator (the detail says when and why).",
+    )
 }
 
 
@@ -256,7 +265,10 @@ class JobPagination(PageNumberPagination):
     retrieve=extend_schema(
         summary="One job with its detections", responses={200: JobSerializer, **ERRORS}
     ),
-    destroy=extend_schema(summary="Delete a job and its files", responses={204: None, **ERRORS}),
+    destroy=extend_schema(
+        summary="Delete a job and its files (its owner may, even once it is hidden)",
+        responses={204: None, **REFUSED, **ERRORS},
+    ),
     partial_update=extend_schema(
         summary="Change a job's score threshold (the model does not run again)",
         request=JobThresholdSerializer,
@@ -265,7 +277,7 @@ class JobPagination(PageNumberPagination):
             400: OpenApiResponse(
                 ErrorSerializer, description="Not a number, or outside [kept_min_score, 1]."
             ),
-            403: OpenApiResponse(ErrorSerializer, description="You may see it, not change it."),
+            **REFUSED,
             429: OpenApiResponse(ErrorSerializer, description="Too many changes; see Retry-After."),
             **ERRORS,
         },
@@ -290,14 +302,24 @@ class JobViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Job.objects.none()
-        jobs = Job.objects.for_user(self.request.user)
         shown = Detection.objects.above_threshold()
         if self.action == "list":
+            # The user's own history, hidden jobs included (marked, their results withheld).
             labels_only = shown.only("id", "job_id", "rank", "label", "score")
-            return jobs.filter(owner=self.request.user).prefetch_related(
-                Prefetch("detections", queryset=labels_only)
+            return (
+                Job.objects.for_user(self.request.user)
+                .filter(owner=self.request.user)
+                .prefetch_related(Prefetch("detections", queryset=labels_only))
             )
-        return jobs.prefetch_related(Prefetch("detections", queryset=shown))
+        return Job.objects.prefetch_related(Prefetch("detections", queryset=shown))
+
+    #: What each route does to its job, in the terms of ``Job.objects.for_user``.
+    ACTIONS = {"partial_update": "change", "retry": "change", "destroy": "delete",
+               "coco": "download", "export": "download"}  # fmt: skip
+
+    def get_object(self) -> Job:
+        action = self.ACTIONS.get(self.action, "view")
+        return job_for(self.request, self.kwargs["pk"], action, self.get_queryset())
 
     def get_serializer_class(self):
         return JobSummarySerializer if self.action == "list" else JobSerializer
@@ -358,8 +380,6 @@ class JobViewSet(
 
     def partial_update(self, request, pk=None):
         job = self.get_object()
-        if not services.can_change_threshold(user=request.user, job=job):
-            raise PermissionDenied("You may see this job but not change it.")
         data = JobThresholdSerializer(data=request.data)
         if not data.is_valid():
             errors = data.errors
@@ -378,6 +398,7 @@ class JobViewSet(
         summary="Queue a failed job again (its attempts keep counting)",
         responses={
             202: JobSerializer,
+            **REFUSED,
             409: OpenApiResponse(ErrorSerializer, description="The job has not failed."),
             429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
             503: OpenApiResponse(ErrorSerializer, description="Its model cannot run now."),
@@ -404,6 +425,7 @@ class JobViewSet(
         responses={
             200: OpenApiTypes.OBJECT,
             409: OpenApiResponse(ErrorSerializer, description="The job has not succeeded."),
+            **REFUSED,
             **ERRORS,
         },
     )
@@ -439,6 +461,7 @@ class JobViewSet(
             ),
             429: OpenApiResponse(ErrorSerializer, description="Too many; see Retry-After."),
             503: OpenApiResponse(ErrorSerializer, description="The photo cannot be read."),
+            **REFUSED,
             **ERRORS,
         },
     )
@@ -462,6 +485,15 @@ class JobViewSet(
         archive.seek(0)
         name = f"{datasets.safe_stem(job)}-{fmt}.zip"
         return files.serve_bytes(archive, name, "application/zip", attachment=True)
+
+
+def job_for(request, pk, action: str, jobs=None) -> Job:
+    """The job if the user may do ``action`` to it: 404 if they may not see it, 403 (Django's
+    ``PermissionDenied``, saying why) if they may see it but not do this."""
+    try:
+        return (jobs if jobs is not None else Job.objects).get_for(request.user, pk, action)
+    except Job.DoesNotExist:
+        raise NotFound("No such job (or not yours).") from None
 
 
 def _check_drawing_cost(job: Job, instances: int) -> None:
@@ -508,13 +540,14 @@ class InstanceFileView(APIView):
             409: OpenApiResponse(ErrorSerializer, description="The job has not succeeded."),
             429: OpenApiResponse(ErrorSerializer, description="Too many; see Retry-After."),
             503: OpenApiResponse(ErrorSerializer, description="The photo cannot be read."),
+            **REFUSED,
             **ERRORS,
         },
     )
     def get(self, request, pk, index: int, kind: str):
-        job = Job.objects.for_user(request.user).filter(pk=pk).first()
-        if job is None or kind not in ("cutout", "mask"):
+        if kind not in ("cutout", "mask"):
             raise NotFound("Not found.")
+        job = job_for(request, pk, "download")
         if job.status != Job.Status.SUCCEEDED:
             raise Conflict(f"The job is {job.status}; instances exist once it has succeeded.")
         shown = datasets.shown_detections(job)
@@ -644,7 +677,8 @@ class ExportViewSet(
         responses={200: CollectionSerializer, **ERRORS},
     ),
     destroy=extend_schema(
-        summary="Delete a collection, its jobs and their files", responses={204: None, **ERRORS}
+        summary="Delete a collection, its jobs and their files",
+        responses={204: None, **REFUSED, **ERRORS},
     ),
 )
 class CollectionViewSet(
@@ -664,10 +698,19 @@ class CollectionViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Collection.objects.none()
-        collections = Collection.objects.for_user(self.request.user).with_progress()
+        collections = Collection.objects.with_progress()
         if self.action == "list":
-            return collections.filter(owner=self.request.user)
+            return collections.for_user(self.request.user).filter(owner=self.request.user)
         return collections
+
+    ACTIONS = {"cancel": "change", "retry": "change", "destroy": "delete"}
+
+    def get_object(self) -> Collection:
+        action = self.ACTIONS.get(self.action, "view")
+        try:
+            return self.get_queryset().get_for(self.request.user, self.kwargs["pk"], action)
+        except Collection.DoesNotExist:
+            raise NotFound("No such collection (or not yours).") from None
 
     def get_throttles(self):
         # Like a job's retry, a collection's costs the workers: both count against the job rate
@@ -736,7 +779,7 @@ class CollectionViewSet(
 
     @extend_schema(
         request=None,
-        responses={200: CountSerializer, **ERRORS},
+        responses={200: CountSerializer, **REFUSED, **ERRORS},
         summary="Cancel the queued jobs (running ones finish; cancelled ones count as failed)",
     )
     @action(detail=True, methods=["post"])
@@ -749,6 +792,7 @@ class CollectionViewSet(
             200: CountSerializer,
             429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
             503: OpenApiResponse(ErrorSerializer, description="Their model cannot run now."),
+            **REFUSED,
             **ERRORS,
         },
         summary="Queue the failed (and cancelled) jobs again",
@@ -850,13 +894,14 @@ class JobFileView(APIView):
         responses={
             (200, "image/*"): OpenApiTypes.BINARY,
             302: OpenApiResponse(description="Redirect to a signed S3 URL."),
+            **REFUSED,
             **ERRORS,
         },
     )
     def get(self, request, pk, kind: str):
-        job = Job.objects.for_user(request.user).filter(pk=pk).first()
-        if job is None or kind not in files.KINDS:
-            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        if kind not in files.KINDS:
+            raise NotFound("Not found.")
+        job = job_for(request, pk, "download")
         try:
             return files.serve(job, kind, attachment=request.query_params.get("download") == "1")
         except services.StorageUnavailable as exc:

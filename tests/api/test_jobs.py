@@ -128,11 +128,22 @@ def test_staff_can_read_any_job_but_lists_only_their_own(charlie, job):
     assert charlie.get("/api/jobs/").json()["count"] == 0
 
 
-def test_hidden_jobs_behave_as_on_the_pages(alice, job, staff):
+def test_a_hidden_job_is_listed_marked_with_its_results_and_files_withheld(alice, job, staff):
     services.job_hide(job=job, by=staff, reason="spam")
-    for url in job_routes(job):
-        assert alice.get(url).status_code == 404, url
-    assert alice.get("/api/jobs/").json()["count"] == 0
+    listed = alice.get("/api/jobs/").json()["results"]
+    assert [j["id"] for j in listed] == [str(job.pk)]
+    assert listed[0]["hidden"] is True
+    assert listed[0]["hidden_reason"] == "spam"
+    assert listed[0]["hidden_at"]
+    assert listed[0]["labels"] == [] and listed[0]["thumbnail_url"] is None
+    body = alice.get(f"/api/jobs/{job.pk}/").json()
+    assert body["hidden"] is True and body["hidden_reason"] == "spam"
+    assert body["detections"] == [] and body["image_url"] is None and body["overlay_url"] is None
+    for url in job_routes(job)[1:]:
+        response = alice.get(url)
+        assert response.status_code == 403, url
+        assert "spam" in response.json()["detail"], url
+    assert alice.delete(f"/api/jobs/{job.pk}/").status_code == 204
 
 
 def test_a_nonexistent_job_is_a_404(alice):
