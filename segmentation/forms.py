@@ -4,6 +4,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
+from .accounts import username_taken
 from .health import model_statuses
 from .inference import InferenceError
 from .inference.registry import AUTO
@@ -60,6 +61,18 @@ class SignupForm(UserCreationForm):
 
     class Meta(UserCreationForm.Meta):
         fields = ("username", "email")
+
+    def clean_username(self) -> str:
+        # Django's own check compares with username__iexact, which SQLite applies to ASCII
+        # only: "Émile" and "émile" both got in. Names are compared casefolded instead.
+        username = super().clean_username()
+        if username_taken(username):
+            raise forms.ValidationError(
+                "A user with that username already exists (names differing only in case "
+                "are the same name).",
+                code="unique",
+            )
+        return username
 
 
 class WebhookForm(forms.Form):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from math import ceil
 
 from django.conf import settings
 from django.contrib import messages
@@ -20,6 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from . import files, health, metrics, results, search, services
 from .api.filters import JobFilter
+from .api.throttling import rate_wait
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
 from .models import Collection, Export, Job, UserClass, Webhook
@@ -505,11 +507,27 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("job-list")
     form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("upload")
+    if request.method == "POST":
+        # Counted per client address before the form is even read: every attempt counts.
+        wait = rate_wait(request, "signup")
+        if wait is not None:
+            return _signup_refused(request, wait)
+        if form.is_valid():
+            user = form.save()
+            login(request, user, backend="segmentation.accounts.CasefoldUsernameBackend")
+            return redirect("upload")
     return render(request, "registration/signup.html", {"form": form})
+
+
+def _signup_refused(request: HttpRequest, wait: float) -> HttpResponse:
+    minutes = ceil(wait / 60)
+    context = {
+        "form": SignupForm(),
+        "refused": f"Too many sign-ups from your address; try again in {minutes} minutes.",
+    }
+    response = render(request, "registration/signup.html", context, status=429)
+    response["Retry-After"] = str(ceil(wait))
+    return response
 
 
 # --- Health ---------------------------------------------------------------------------------
