@@ -18,6 +18,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from knox.models import get_token_model
 
 from . import files, health, metrics, results, search, services
 from .api.filters import JobFilter
@@ -477,7 +478,12 @@ def account(request: HttpRequest) -> HttpResponse:
     )
     # The secret is shown once, in the answer to the POST that created it (not in a redirect:
     # it would travel through the session's message store).
-    context = {"form": form, "webhooks": webhooks, "created": created}
+    context = {
+        "form": form,
+        "webhooks": webhooks,
+        "created": created,
+        "tokens": get_token_model().objects.filter(user=request.user).order_by("-created"),
+    }
     return render(request, "segmentation/account.html", context, status=status)
 
 
@@ -494,6 +500,25 @@ def webhook_delete(request: HttpRequest, pk) -> HttpResponse:
     webhook = get_object_or_404(Webhook.objects.filter(owner=request.user), pk=pk)
     services.webhook_delete(webhook=webhook)
     messages.success(request, f"Webhook to {webhook.url} deleted.")
+    return redirect("account")
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, digest: str) -> HttpResponse:
+    """Sign one API client out (the account page's "Revoke")."""
+    tokens = get_token_model().objects.filter(user=request.user)
+    services.token_revoke(token=get_object_or_404(tokens, digest=digest))
+    messages.success(request, "Token revoked: the client using it is signed out.")
+    return redirect("account")
+
+
+@login_required
+@require_POST
+def tokens_revoke(request: HttpRequest) -> HttpResponse:
+    """Sign every API client out (the account page's "Revoke all")."""
+    revoked = services.user_tokens_revoke(user=request.user)
+    messages.success(request, f"{revoked} token{'s' if revoked != 1 else ''} revoked.")
     return redirect("account")
 
 

@@ -344,3 +344,31 @@ def test_deactivating_in_the_admin_revokes_every_token(client, staff, owner):
 def test_a_token_header_that_is_not_utf8_is_a_401():
     response = APIClient().get("/api/jobs/", HTTP_AUTHORIZATION="Token caf\xe9")
     assert response.status_code == 401
+
+
+# --- The account page -----------------------------------------------------------------------
+
+
+def test_the_account_page_lists_and_revokes_ones_own_tokens(client, owner, other_user):
+    laptop, phone = token_for(owner), token_for(owner)
+    bobs = token_for(other_user)
+    client.force_login(owner)
+    page = client.get(reverse("account")).content.decode()
+    mine = list(AuthToken.objects.filter(user=owner))
+    assert all(token.digest[:8] in page for token in mine)
+    assert AuthToken.objects.get(user=other_user).digest[:8] not in page
+
+    digest = next(t.digest for t in mine if t.token_key == laptop[:15])
+    client.post(reverse("token-revoke", args=[digest]))
+    assert (authorized(laptop), authorized(phone)) == (401, 200)
+    client.post(reverse("tokens-revoke"))
+    assert authorized(phone) == 401
+    assert authorized(bobs) == 200
+
+
+def test_another_users_token_cannot_be_revoked_from_the_account_page(client, owner, other_user):
+    bobs = token_for(other_user)
+    client.force_login(owner)
+    digest = AuthToken.objects.get(user=other_user).digest
+    assert client.post(reverse("token-revoke", args=[digest])).status_code == 404
+    assert authorized(bobs) == 200
