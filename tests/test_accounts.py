@@ -372,3 +372,18 @@ def test_another_users_token_cannot_be_revoked_from_the_account_page(client, own
     digest = AuthToken.objects.get(user=other_user).digest
     assert client.post(reverse("token-revoke", args=[digest])).status_code == 404
     assert authorized(bobs) == 200
+
+
+def test_the_admin_refuses_a_name_differing_only_in_case(client, staff, django_user_model):
+    django_user_model.objects.create_user("Émile", password=PASSWORD)
+    client.force_login(staff)
+    data = {
+        "username": "émile",
+        "password1": PASSWORD,
+        "password2": PASSWORD,
+        "usable_password": "true",
+    }
+    response = client.post(reverse("admin:auth_user_add"), data)
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
+    assert not django_user_model.objects.filter(username="émile").exists()
