@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import unicodedata
+from math import ceil
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -61,7 +62,8 @@ def username_taken(username: str) -> bool:
 
     Compared here, not in SQL: neither database folds case the way Python does (SQLite's
     LOWER and LIKE only fold ASCII), and Django's ``username__iexact`` is what let ``Émile``
-    and ``émile`` both sign up. One pass over the names, at sign-up only.
+    and ``émile`` both sign up. The user table is Django's own, so it cannot hold a folded
+    column with a unique constraint either: the forms that create users check here.
     """
     return stored_username(username) is not None
 
@@ -69,7 +71,11 @@ def username_taken(username: str) -> bool:
 def stored_username(username: str | None) -> str | None:
     """The username as stored that this one means: the exact name if it exists, else the one
     name equal to it by ``username_key``; None if there is none (or, for names created before
-    this check, more than one)."""
+    this check, more than one).
+
+    A name typed as stored costs one indexed query; any other spelling (or an unknown name)
+    one pass over the usernames, which sign-in throttles and lockouts keep rare.
+    """
     users = get_user_model()._default_manager
     field = get_user_model().USERNAME_FIELD
     if not username:
@@ -107,7 +113,7 @@ def lockout_username(request: HttpRequest, credentials: dict | None) -> str:
 
 
 def lockout_message() -> str:
-    minutes = round(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    minutes = max(1, ceil(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
     return (
         "Too many failed sign-ins for this account or from your address. "
         f"Try again in {minutes} minutes."
@@ -139,8 +145,10 @@ def revoke_tokens_on_password_change(sender, instance, update_fields=None, **kwa
     segweb does not own: the admin's form, ``set_password()`` + ``save()`` in a shell,
     ``manage.py changepassword``, Django's password views. All of them save the user; only a
     model-level hook sees every one. Comparing the stored hash (rather than relying on
-    ``set_password`` having been called) also catches a hash assigned directly. Saves that
-    name their fields without the password (``last_login`` on each sign-in) cost nothing.
+    ``set_password`` having been called) also catches a hash assigned directly. It errs on the
+    safe side once per hasher change: when Django re-hashes a password with stronger
+    parameters (after an upgrade, at the user's next sign-in with it), the tokens go too.
+    Saves that name their fields without the password (``last_login``) cost nothing.
     """
     if instance.pk is None or (update_fields is not None and "password" not in update_fields):
         return
