@@ -20,7 +20,7 @@ from django.shortcuts import render
 from . import services
 
 
-def client_ip(request: HttpRequest) -> str:
+def client_ip(request: HttpRequest) -> str | None:
     """The client's address, as far as ``SEGWEB_TRUSTED_PROXIES`` lets us know it.
 
     With no trusted proxy the TCP peer (``REMOTE_ADDR``) is the client, whatever
@@ -28,20 +28,24 @@ def client_ip(request: HttpRequest) -> str:
     address it received the request from, so the client is the N-th entry from the right; the
     entries left of it were written by the client and are ignored. This is DRF's ``NUM_PROXIES``
     rule (settings.py sets both from the same value), plus one check: an entry that is not an
-    address (a proxy count set too high) falls back to the peer instead of keying a throttle on
-    arbitrary text.
+    address (a proxy count set too high) falls back to the peer, and a peer that is none (a
+    Unix socket) is None, rather than arbitrary text in django-axes' address column (an error
+    on PostgreSQL's ``inet``).
     """
-    peer = request.META.get("REMOTE_ADDR", "")
+    peer = _address(request.META.get("REMOTE_ADDR", ""))
     proxies = settings.TRUSTED_PROXIES
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if proxies <= 0 or not forwarded:
         return peer
     hops = [hop.strip() for hop in forwarded.split(",")]
-    candidate = hops[-min(proxies, len(hops))]
+    return _address(hops[-min(proxies, len(hops))]) or peer
+
+
+def _address(text: str) -> str | None:
     try:
-        return str(ipaddress.ip_address(candidate))
+        return str(ipaddress.ip_address(text))
     except ValueError:
-        return peer
+        return None
 
 
 # --- Usernames --------------------------------------------------------------------------------

@@ -87,6 +87,11 @@ def test_an_entry_that_is_no_address_falls_back_to_the_peer(settings):
     assert client_ip(request_from("127.0.0.1", "1.2.3.4, not-an-address")) == "127.0.0.1"
 
 
+def test_a_peer_that_is_no_address_is_none(settings):
+    settings.TRUSTED_PROXIES = 0
+    assert client_ip(request_from("")) is None  # gunicorn on a Unix socket
+
+
 def test_spoofed_forwarded_for_does_not_escape_the_token_throttle(settings, owner, rates):
     settings.TRUSTED_PROXIES = 0
     rates(token="3/min")

@@ -26,7 +26,7 @@ class ScopedThrottle(ScopedRateThrottle):
 
     def get_ident(self, request) -> str:
         # Anonymous requests are counted per client address: the same one django-axes uses.
-        return client_ip(request)
+        return client_ip(request) or "unknown"
 
 
 def rate_wait(request, scope: str) -> float | None:
