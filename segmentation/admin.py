@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from . import services
+from .forms import AdminUserAddForm
 from .models import Detection, Job, may_on_everyones
 
 
@@ -201,6 +202,7 @@ admin.site.unregister(User)
 class SegwebUserAdmin(UserAdmin):
     list_display = ("username", "email", "is_active", "is_staff", "job_count", "date_joined")
     actions = ["deactivate_users"]
+    add_form = AdminUserAddForm  # usernames unique casefolded, as at sign-up
 
     def get_queryset(self, request):
         from django.db.models import Count

@@ -2,8 +2,9 @@
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import AdminUserCreationForm, UserCreationForm
 
+from .accounts import username_taken
 from .health import model_statuses
 from .inference import InferenceError
 from .inference.registry import AUTO
@@ -55,11 +56,31 @@ class UploadForm(forms.Form):
             del self.fields["precision"]
 
 
-class SignupForm(UserCreationForm):
+class CasefoldUniqueUsername:
+    """A new user's name must differ from every other by more than case. Django's own check
+    compares with ``username__iexact``, which SQLite applies to ASCII only: "Émile" and
+    "émile" both got in. Names are compared casefolded (``accounts.username_key``)."""
+
+    def clean_username(self) -> str:
+        username = super().clean_username()
+        if username and not self.has_error("username") and username_taken(username):
+            raise forms.ValidationError(
+                "A user with that username already exists (names differing only in case "
+                "are the same name).",
+                code="unique",
+            )
+        return username
+
+
+class SignupForm(CasefoldUniqueUsername, UserCreationForm):
     email = forms.EmailField(required=False, help_text="Optional.")
 
     class Meta(UserCreationForm.Meta):
         fields = ("username", "email")
+
+
+class AdminUserAddForm(CasefoldUniqueUsername, AdminUserCreationForm):
+    """The admin's "Add user", with the same rule as sign-up."""
 
 
 class WebhookForm(forms.Form):

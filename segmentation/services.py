@@ -32,6 +32,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Least
 from django.urls import reverse
 from django.utils import timezone
+from knox.models import get_token_model
 
 from . import archives, health, outbound
 from .classes import class_rows, shown_classes
@@ -752,11 +753,28 @@ def job_delete(*, job: Job) -> None:
 
 def user_deactivate(*, user: AbstractBaseUser) -> None:
     """Stop a user from signing in or using the API; their jobs are kept for moderation."""
-    from rest_framework.authtoken.models import Token
-
     with transaction.atomic():
         type(user).objects.filter(pk=user.pk).update(is_active=False)
-        Token.objects.filter(user_id=user.pk).delete()
+        user_tokens_revoke(user=user)
+
+
+def user_token_create(*, user: AbstractBaseUser):
+    """A new API token for one client of this user: ``(token, key)``. Only the key's digest
+    is stored, so the key is seen once, now. It expires after ``SEGWEB_TOKEN_TTL_DAYS``, if
+    set (``token.expiry``; None: never)."""
+    return get_token_model().objects.create(user=user)
+
+
+def token_revoke(*, token) -> None:
+    """Revoke one API token (the client that sent it signs out); the user's others still work."""
+    get_token_model().objects.filter(pk=token.pk).delete()
+
+
+def user_tokens_revoke(*, user: AbstractBaseUser) -> int:
+    """Revoke every API token of a user (a password change, a deactivation, "sign out
+    everywhere"); returns how many there were."""
+    deleted, _ = get_token_model().objects.filter(user_id=user.pk).delete()
+    return deleted
 
 
 # --- What a job shows, for searching histories ----------------------------------------------

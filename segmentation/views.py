@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from math import ceil
 
 from django.conf import settings
 from django.contrib import messages
@@ -17,9 +18,11 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from knox.models import get_token_model
 
 from . import files, health, metrics, results, search, services
 from .api.filters import JobFilter
+from .api.throttling import rate_wait
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
 from .models import Collection, Export, Job, UserClass, Webhook
@@ -491,7 +494,12 @@ def account(request: HttpRequest) -> HttpResponse:
     )
     # The secret is shown once, in the answer to the POST that created it (not in a redirect:
     # it would travel through the session's message store).
-    context = {"form": form, "webhooks": webhooks, "created": created}
+    context = {
+        "form": form,
+        "webhooks": webhooks,
+        "created": created,
+        "tokens": get_token_model().objects.filter(user=request.user).order_by("-created"),
+    }
     return render(request, "segmentation/account.html", context, status=status)
 
 
@@ -511,6 +519,25 @@ def webhook_delete(request: HttpRequest, pk) -> HttpResponse:
     return redirect("account")
 
 
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, digest: str) -> HttpResponse:
+    """Sign one API client out (the account page's "Revoke")."""
+    tokens = get_token_model().objects.filter(user=request.user)
+    services.token_revoke(token=get_object_or_404(tokens, digest=digest))
+    messages.success(request, "Token revoked: the client using it is signed out.")
+    return redirect("account")
+
+
+@login_required
+@require_POST
+def tokens_revoke(request: HttpRequest) -> HttpResponse:
+    """Sign every API client out (the account page's "Revoke all")."""
+    revoked = services.user_tokens_revoke(user=request.user)
+    messages.success(request, f"{revoked} token{'s' if revoked != 1 else ''} revoked.")
+    return redirect("account")
+
+
 # --- Accounts -------------------------------------------------------------------------------
 
 
@@ -521,11 +548,27 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("job-list")
     form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("upload")
+    if request.method == "POST":
+        # Counted per client address before the form is even read: every attempt counts.
+        wait = rate_wait(request, "signup")
+        if wait is not None:
+            return _signup_refused(request, wait)
+        if form.is_valid():
+            user = form.save()
+            login(request, user, backend="segmentation.accounts.CasefoldUsernameBackend")
+            return redirect("upload")
     return render(request, "registration/signup.html", {"form": form})
+
+
+def _signup_refused(request: HttpRequest, wait: float) -> HttpResponse:
+    minutes = ceil(wait / 60)
+    context = {
+        "form": SignupForm(),
+        "refused": f"Too many sign-ups from your address; try again in {minutes} minutes.",
+    }
+    response = render(request, "registration/signup.html", context, status=429)
+    response["Retry-After"] = str(ceil(wait))
+    return response
 
 
 # --- Health ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ file-based Celery broker, all under ``$SEGWEB_DATA_DIR`` (default ``var/``). Set
 PostgreSQL, Redis and S3 without touching code.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -57,7 +58,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -73,6 +75,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out sign-in into accounts.lockout_response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "segweb.urls"
@@ -182,10 +186,36 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out account or address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "segmentation.accounts.CasefoldUsernameBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "job-list"
 LOGOUT_REDIRECT_URL = "login"
 SIGNUP_ENABLED = env.bool("SEGWEB_SIGNUP_ENABLED", default=True)
+# How many reverse proxies in front of segweb append to X-Forwarded-For (nginx: 1). 0 means
+# segweb is reached directly and the header, which any client can send, is ignored. Every
+# throttle keys on the address this gives (segmentation.accounts.client_ip).
+TRUSTED_PROXIES = env.int("SEGWEB_TRUSTED_PROXIES", default=0)
+if TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured("SEGWEB_TRUSTED_PROXIES must be 0 or more.")
+
+# Password guessing (django-axes): the sign-in page, the admin's and POST /api/auth/token/ all
+# count failures per account (every spelling of its name) and per client address; past the
+# limit, either is refused for the cool-off, which each further failure restarts.
+AXES_FAILURE_LIMIT = env.int("SEGWEB_LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("SEGWEB_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "segmentation.accounts.client_ip"
+AXES_USERNAME_CALLABLE = "segmentation.accounts.lockout_username"
+AXES_LOCKOUT_CALLABLE = "segmentation.accounts.lockout_response"
+# A success does not wipe the failures: it would let someone with an account of their own reset
+# their address's count between guesses at other accounts.
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful sign-in kept for ever: only failures
+AXES_VERBOSE = False
 
 # --- Internationalisation -------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -333,7 +363,7 @@ CELERY_BEAT_SCHEDULE = {
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "segmentation.api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -349,9 +379,20 @@ REST_FRAMEWORK = {
         "threshold": env.str("SEGWEB_THRESHOLD_RATE", default="30/min"),
         # Exports, masks and cut-outs: each reads a photo and draws PNGs in the request.
         "export": env.str("SEGWEB_EXPORT_RATE", default="60/min"),
+        "signup": env.str("SEGWEB_SIGNUP_RATE", default="10/hour"),  # accounts per client
     },
+    # DRF's own rule for the client address, for any DRF code that asks (segweb's throttles
+    # call accounts.client_ip, which follows the same rule).
+    "NUM_PROXIES": TRUSTED_PROXIES,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# API tokens (django-rest-knox): hashed, one per client that signs in, `Authorization: Token`.
+_TOKEN_TTL_DAYS = env.float("SEGWEB_TOKEN_TTL_DAYS", default=0)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(days=_TOKEN_TTL_DAYS) if _TOKEN_TTL_DAYS > 0 else None,
+    "AUTH_HEADER_PREFIX": "Token",
+}
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "segweb API",
     "DESCRIPTION": "COCO instance segmentation of photos: upload, poll, fetch detections.",

@@ -229,9 +229,26 @@ def cmd_login(args, config: dict) -> int:
     token = api.request(
         "POST", "/api/auth/token/", data={"username": username, "password": password}
     ).json()["token"]
+    if config.get("token") and config.get("url") == url:
+        try:  # one token per client: the one it replaces is revoked
+            _revoke(Api(url, config["token"]))
+        except ClientError as exc:
+            print(f"warning: the previous token could not be revoked ({exc})", file=sys.stderr)
     path = save_config({"url": url, "token": token})
     print(f"Signed in to {url} as {username}; token saved in {path}.")
     return 0
+
+
+def cmd_logout(args, config: dict) -> int:
+    _revoke(_api(args, config))
+    save_config({key: value for key, value in config.items() if key != "token"})
+    print("Signed out: this client's token is revoked (your other clients' still work).")
+    return 0
+
+
+def _revoke(api: Api) -> None:
+    # 401: already revoked or expired, which is what was wanted.
+    api.request("DELETE", "/api/auth/token/", expect=(204, 401))
 
 
 def photos_in(paths: list[str]) -> tuple[list[Path], list[Path]]:
@@ -449,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input")  # fmt: skip
     login.set_defaults(run=cmd_login)
+    logout = commands.add_parser("logout", help="revoke this client's token and forget it")
+    logout.set_defaults(run=cmd_logout)
 
     upload = commands.add_parser("upload", help="upload photos, folders or ZIPs")
     upload.add_argument("paths", nargs="+", metavar="PATH")

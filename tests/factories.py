@@ -12,6 +12,12 @@ from segmentation.models import Job
 from tests.conftest import image_bytes, photo_upload
 
 
+def token_for(user) -> str:
+    """A new API token of this user (what POST /api/auth/token/ gives a client)."""
+    _, key = services.user_token_create(user=user)
+    return key
+
+
 def create_job(owner, upload=None, *, threshold=0.5, model="yolov7_seg") -> Job:
     return services.job_create(
         owner=owner, upload=upload or photo_upload(), score_threshold=threshold, model=model

@@ -62,9 +62,9 @@ def test_the_web_process_never_imports_torch(tmp_path):
         from django.contrib.auth.models import User
         from django.test import Client
         from tests.photos import COFFEE
-        User.objects.create_user("alice", password="pw-123456789")
         client = Client()
-        client.login(username="alice", password="pw-123456789")
+        # force_login: django-axes refuses authenticate() calls without a request (login()).
+        client.force_login(User.objects.create_user("alice", password="pw-123456789"))
         with open(COFFEE, "rb") as f:
             response = client.post("/upload/", {"images": f, "score_threshold": "0.5",
                                                 "model": "auto"})

@@ -50,6 +50,10 @@ RUNTIME = textwrap.dedent(
         def invalidate_caches(self):
             getattr(self.finder, "invalidate_caches", lambda: None)()
 
+        # importlib.metadata asks the same finders (django-axes reads its own version).
+        def find_distributions(self, *args, **kwargs):
+            return getattr(self.finder, "find_distributions", lambda *a, **k: [])(*args, **kwargs)
+
     sys.meta_path[:] = [OnlyRuntimeRequirements(finder) for finder in sys.meta_path]
 
     import django

@@ -369,14 +369,15 @@ def test_delete_removes_row_detections_and_files(
     assert stored_files(private_storage) == []
 
 
-def test_deactivated_users_lose_their_token_and_sign_in(owner):
-    from rest_framework.authtoken.models import Token
+def test_deactivated_users_lose_their_tokens_and_sign_in(owner):
+    from knox.models import AuthToken
 
-    Token.objects.create(user=owner)
+    services.user_token_create(user=owner)
+    services.user_token_create(user=owner)
     services.user_deactivate(user=owner)
     owner.refresh_from_db()
     assert not owner.is_active
-    assert not Token.objects.filter(user=owner).exists()
+    assert not AuthToken.objects.filter(user=owner).exists()
 
 
 def test_sweep_requeues_a_job_whose_worker_died(owner):

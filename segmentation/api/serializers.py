@@ -204,6 +204,9 @@ class TokenRequestSerializer(serializers.Serializer):
 
 class TokenSerializer(serializers.Serializer):
     token = serializers.CharField()
+    expiry = serializers.DateTimeField(
+        allow_null=True, help_text="When the token stops working; null: never."
+    )
 
 
 class ModelSerializer(serializers.Serializer):

@@ -1,10 +1,14 @@
-"""Per-user rate limits that fail open: a cache outage must not turn uploads into 500s."""
+"""Rate limits keyed on the user, or on the client's real address (``accounts.client_ip``);
+they fail open: a cache outage must not turn uploads into 500s."""
 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 from rest_framework.throttling import ScopedRateThrottle
+
+from ..accounts import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -19,3 +23,16 @@ class ScopedThrottle(ScopedRateThrottle):
         except Exception:
             logger.warning("throttle: cache unavailable, request not rate-limited", exc_info=True)
             return True
+
+    def get_ident(self, request) -> str:
+        # Anonymous requests are counted per client address: the same one django-axes uses.
+        return client_ip(request) or "unknown"
+
+
+def rate_wait(request, scope: str) -> float | None:
+    """For pages (not DRF views): count this request against ``scope``'s rate, and say how
+    many seconds to wait if it is over (None: go ahead)."""
+    throttle = ScopedThrottle()
+    if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):
+        return None
+    return throttle.wait() or 1.0

@@ -15,6 +15,7 @@ router.register("webhooks", views.WebhookViewSet, basename="api-webhook")
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="api-token"),
     path("auth/token/rotate/", views.TokenRotateView.as_view(), name="api-token-rotate"),
+    path("auth/tokens/", views.TokensView.as_view(), name="api-tokens"),
     path("models/", views.ModelsView.as_view(), name="api-models"),
     path("labels/", views.LabelsView.as_view(), name="api-labels"),
     *router.urls,

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import TooManyFilesSent
 from django.db.models import Prefetch
 from django.urls import reverse
@@ -24,7 +25,6 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
 from rest_framework.exceptions import (
     APIException,
@@ -172,7 +172,7 @@ def refused(exc: Exception) -> APIException:
 
 
 class TokenView(APIView):
-    """Get, or revoke, your API token."""
+    """Sign a client in (a token of its own) or out (the token it sent is revoked)."""
 
     throttle_scope = "token"
 
@@ -186,24 +186,34 @@ class TokenView(APIView):
         request=TokenRequestSerializer,
         responses={200: TokenSerializer, 400: ErrorSerializer, 429: ErrorSerializer},
         auth=[],
-        summary="Exchange a username and password for your API token",
+        summary="Exchange a username and password for a new API token (one per client)",
     )
     def post(self, request):
         data = TokenRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        # Django's own request: django-axes marks a locked-out sign-in on it, and its
+        # middleware then answers 429 (accounts.lockout_response) instead of this view.
         user = authenticate(
-            request,
+            request._request,
             username=data.validated_data["username"],
             password=data.validated_data["password"],
         )
         if user is None:  # wrong password, unknown or deactivated user: one answer for all
             raise ValidationError({"detail": "Unable to sign in with these credentials."})
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        token, key = services.user_token_create(user=user)
+        user_logged_in.send(sender=type(user), request=request._request, user=user)
+        return Response(TokenSerializer({"token": key, "expiry": token.expiry}).data)
 
-    @extend_schema(responses={204: None, 401: ERRORS[401]}, summary="Revoke your token")
+    @extend_schema(
+        responses={204: None, 400: ErrorSerializer, 401: ERRORS[401]},
+        summary="Revoke the token this request was sent with",
+    )
     def delete(self, request):
-        Token.objects.filter(user=request.user).delete()
+        if request.auth is None:  # a browser session: it has no token to revoke
+            raise ValidationError(
+                {"detail": "No token in this request; DELETE /api/auth/tokens/ revokes all."}
+            )
+        services.token_revoke(token=request.auth)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -211,11 +221,23 @@ class TokenRotateView(APIView):
     @extend_schema(
         request=None,
         responses={200: TokenSerializer, 401: ERRORS[401]},
-        summary="Replace your token with a new one (the old one stops working)",
+        summary="Replace the token this request was sent with (the old one stops working)",
     )
     def post(self, request):
-        Token.objects.filter(user=request.user).delete()
-        return Response({"token": Token.objects.create(user=request.user).key})
+        if request.auth is not None:
+            services.token_revoke(token=request.auth)
+        token, key = services.user_token_create(user=request.user)
+        return Response(TokenSerializer({"token": key, "expiry": token.expiry}).data)
+
+
+class TokensView(APIView):
+    @extend_schema(
+        responses={204: None, 401: ERRORS[401]},
+        summary="Revoke every token of yours (sign every client out)",
+    )
+    def delete(self, request):
+        services.user_tokens_revoke(user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class JobPagination(PageNumberPagination):

@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from segmentation import services
 from segmentation.models import Job
 from tests.conftest import PASSWORD, photo_upload, stored_files
-from tests.factories import create_job, fail, succeed
+from tests.factories import create_job, fail, succeed, token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -20,8 +20,7 @@ pytestmark = pytest.mark.django_db
 def api_client(user=None) -> APIClient:
     client = APIClient()
     if user is not None:
-        token, _ = Token.objects.get_or_create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user)}")
     return client
 
 
@@ -56,7 +55,9 @@ def job_routes(job):
 def test_token_for_username_and_password(owner):
     response = APIClient().post("/api/auth/token/", {"username": "alice", "password": PASSWORD})
     assert response.status_code == 200
-    assert response.json()["token"] == Token.objects.get(user=owner).key
+    assert response.json()["expiry"] is None  # SEGWEB_TOKEN_TTL_DAYS is unset
+    token = response.json()["token"]
+    assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {token}").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -76,18 +77,37 @@ def test_deactivated_users_get_no_token(owner):
     assert response.status_code == 400
 
 
-def test_rotate_replaces_the_token(owner, alice):
-    old = Token.objects.get(user=owner).key
-    new = alice.post("/api/auth/token/rotate/").json()["token"]
+def test_rotate_replaces_the_token_it_was_sent_with(owner):
+    old, laptop = token_for(owner), token_for(owner)
+    new = api_client().post("/api/auth/token/rotate/", HTTP_AUTHORIZATION=f"Token {old}")
+    new = new.json()["token"]
     assert new != old
     assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {old}").status_code == 401
     assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {new}").status_code == 200
+    assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {laptop}").status_code == 200
 
 
-def test_revoke_deletes_the_token(owner, alice):
+def test_revoke_signs_out_only_the_client_that_sent_it(owner, alice):
+    laptop = token_for(owner)
     assert alice.delete("/api/auth/token/").status_code == 204
-    assert not Token.objects.filter(user=owner).exists()
     assert alice.get("/api/jobs/").status_code == 401
+    assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {laptop}").status_code == 200
+    assert AuthToken.objects.filter(user=owner).count() == 1
+
+
+def test_revoke_all_signs_out_every_client(owner, alice, bob):
+    laptop = token_for(owner)
+    assert alice.delete("/api/auth/tokens/").status_code == 204
+    assert alice.get("/api/jobs/").status_code == 401
+    assert api_client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {laptop}").status_code == 401
+    assert bob.get("/api/jobs/").status_code == 200  # another user's are untouched
+
+
+def test_revoking_with_a_session_says_there_is_no_token(client, owner):
+    client.force_login(owner)
+    response = client.delete("/api/auth/token/")
+    assert response.status_code == 400
+    assert "/api/auth/tokens/" in response.json()["detail"]
 
 
 def test_session_authentication_works_too(client, owner, job):

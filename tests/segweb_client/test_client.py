@@ -134,6 +134,20 @@ def test_login_upload_wait_list_export_with_webhooks_and_metrics(tmp_path, monke
             assert 'segweb_jobs{model="yolov7_seg",status="succeeded"} 3.0' in scrape
             assert 'segweb_uploads_refused_total{reason="not_an_image"} 1.0' in scrape
 
+            # Signing in again replaces this client's token; signing out revokes it.
+            def answer(token: str) -> int:
+                api = segweb_client.Api(base, token)
+                return api.request("GET", "/api/jobs/", expect=(200, 401)).status_code
+
+            first = segweb_client.load_config()["token"]
+            monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+            assert main(["login", "--username", "alice", "--password-stdin"]) == 0
+            second = segweb_client.load_config()["token"]
+            assert (answer(first), answer(second)) == (401, 200)
+            assert main(["logout"]) == 0
+            assert "token" not in segweb_client.load_config()
+            assert answer(second) == 401
+
             deadline = time.monotonic() + 60
             while len(receiver.requests) < 4 and time.monotonic() < deadline:
                 time.sleep(0.5)
