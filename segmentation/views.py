@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -20,6 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from . import files, health, metrics, results, search, services
 from .api.filters import JobFilter
+from .api.parsers import declared_length
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
 from .models import Collection, Export, Job, UserClass, Webhook
@@ -43,7 +45,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         return render(request, "segmentation/upload.html", _upload_context(UploadForm()))
 
     limit = settings.SEGWEB["MAX_UPLOAD_BYTES"] * MAX_FILES_PER_POST
-    if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+    if declared_length(request) > limit:
         # Refused before Django reads the body into temporary files.
         message = f"Too much data in one request (limit {describe_bytes(limit)})."
         return _upload_refused(request, wants_json, message, 413)
@@ -366,9 +368,8 @@ def job_coco(request: HttpRequest, pk) -> HttpResponse:
     if job.status != Job.Status.SUCCEEDED:
         raise Http404("Detections are available once the job has succeeded.")
     stem = job.original_filename.rsplit(".", 1)[0] or "photo"
-    response = HttpResponse(json.dumps(job_to_coco(job), indent=1), content_type="application/json")
-    response["Content-Disposition"] = f'attachment; filename="{stem}-coco.json"'
-    return response
+    body = json.dumps(job_to_coco(job), indent=1).encode()
+    return files.serve_bytes(body, f"{stem}-coco.json", "application/json", attachment=True)
 
 
 # --- Collections ----------------------------------------------------------------------------
@@ -552,7 +553,31 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith("/api/")
+    """API paths, and pages asked for JSON (the upload page's script), get JSON errors."""
+    return request.path.startswith("/api/") or "application/json" in request.headers.get(
+        "Accept", ""
+    )
+
+
+def bad_request(request: HttpRequest, exception=None) -> HttpResponse:
+    """400 for what Django refuses before a view runs (too many files or fields, oversized
+    form fields): JSON with a ``detail`` for the API, a page saying what to do otherwise."""
+    message = _bad_request_message(exception)
+    if _wants_json(request):
+        return JsonResponse({"detail": message}, status=400)
+    return render(request, "400.html", {"message": message}, status=400)
+
+
+def _bad_request_message(exception) -> str:
+    if isinstance(exception, TooManyFilesSent):
+        most = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return f"At most {most} files in one request; send a ZIP for more."
+    if isinstance(exception, TooManyFieldsSent):
+        return f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} form fields in one request."
+    if isinstance(exception, RequestDataTooBig):
+        limit = describe_bytes(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        return f"The request's form fields are larger than {limit}."
+    return "The request could not be understood."
 
 
 def not_found(request: HttpRequest, exception=None) -> HttpResponse:
@@ -567,4 +592,5 @@ def server_error(request: HttpRequest) -> HttpResponse:
         return JsonResponse(
             {"detail": "Internal error; the administrators can see the log."}, status=500
         )
-    return render(request, "500.html", status=500)
+    # Without the request's context processors: they may be what failed.
+    return HttpResponse(render_to_string("500.html"), status=500)

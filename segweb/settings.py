@@ -337,6 +337,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Every body any route reads is bounded in size and JSON depth (no RecursionError, no
+    # unbounded read into memory): DRF's own parsers are neither.
+    "DEFAULT_PARSER_CLASSES": [
+        "segmentation.api.parsers.BoundedJSONParser",
+        "segmentation.api.parsers.BoundedFormParser",
+        "segmentation.api.parsers.BoundedMultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],

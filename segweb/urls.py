@@ -10,5 +10,6 @@ urlpatterns = [
     path("", include("segmentation.urls")),
 ]
 
+handler400 = "segmentation.views.bad_request"
 handler404 = "segmentation.views.not_found"
 handler500 = "segmentation.views.server_error"
