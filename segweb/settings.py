@@ -9,6 +9,7 @@ PostgreSQL, Redis and S3 without touching code.
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
     "segmentation",
 ]
 
@@ -73,6 +75,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "segweb.middleware.PrivateCacheMiddleware",
 ]
 
 ROOT_URLCONF = "segweb.urls"
@@ -167,6 +171,32 @@ else:
 STORAGES = {
     "default": _default_storage,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Content-Security-Policy (django-csp): scripts and styles only from segweb's own static files,
+# no inline code at all, so an injected <script> or on*= handler cannot run. Photos stored in
+# S3 are shown through redirects to signed URLs: their origin must be allowed for images and
+# for the viewer's fetches (SEGWEB_CSP_MEDIA_ORIGINS overrides the guess).
+_S3_ENDPOINT = env.str("AWS_S3_ENDPOINT_URL", default="")
+CSP_MEDIA_ORIGINS = env.list(
+    "SEGWEB_CSP_MEDIA_ORIGINS",
+    default=(
+        ([_S3_ENDPOINT.rstrip("/"), _S3_ENDPOINT.replace("://", "://*.", 1).rstrip("/")]
+         if _S3_ENDPOINT else ["https://*.amazonaws.com"])
+        if AWS_STORAGE_BUCKET_NAME else []
+    ),
+)  # fmt: skip
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:", "blob:", *CSP_MEDIA_ORIGINS],
+        "connect-src": [SELF, *CSP_MEDIA_ORIGINS],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
 }
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"  # `manage.py collectstatic` target, for a front proxy
