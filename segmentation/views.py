@@ -587,6 +587,25 @@ def not_found(request: HttpRequest, exception=None) -> HttpResponse:
     return render(request, "404.html", status=404)
 
 
+def forbidden(request: HttpRequest, exception=None) -> HttpResponse:
+    """403 outside DRF (the admin, a page's permission check); API paths get JSON."""
+    return _forbidden(request, "You do not have permission to do this.")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form post without a valid CSRF token (Django's own page has an inline style the CSP
+    blocks). ``reason`` is Django's, for developers: the log has it."""
+    return _forbidden(
+        request, "The form expired or came from another site: reload the page and try again."
+    )
+
+
+def _forbidden(request: HttpRequest, message: str) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"detail": message}, status=403)
+    return render(request, "403.html", {"message": message}, status=403)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse(

@@ -11,5 +11,6 @@ urlpatterns = [
 ]
 
 handler400 = "segmentation.views.bad_request"
+handler403 = "segmentation.views.forbidden"
 handler404 = "segmentation.views.not_found"
 handler500 = "segmentation.views.server_error"

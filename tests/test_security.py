@@ -13,7 +13,7 @@ from django.test import Client, RequestFactory
 from segmentation import services
 from segmentation.inference import ModelUnavailableError
 from segmentation.models import Job
-from segmentation.views import bad_request, server_error
+from segmentation.views import bad_request, csrf_failure, forbidden, server_error
 from tests.conftest import PASSWORD, image_bytes
 from tests.factories import create_job, fail, succeed
 
@@ -146,12 +146,21 @@ def test_the_api_docs_load_their_start_up_script_from_a_url(owner_client):
     assert script["Content-Type"].startswith("application/javascript")
 
 
-@pytest.mark.parametrize("handler", [server_error, bad_request])
+@pytest.mark.parametrize("handler", [server_error, bad_request, forbidden, csrf_failure])
 def test_the_error_pages_keep_to_the_csp(handler):
     request = RequestFactory().get("/")
     request.user = AnonymousUser()
     response = handler(request)
-    assert response.status_code in (400, 500)
+    assert response.status_code in (400, 403, 500)
+    assert inline_code(response.content.decode()) == []
+
+
+def test_a_failed_csrf_check_is_segwebs_page_under_the_csp(db):
+    strict = Client(enforce_csrf_checks=True)
+    response = strict.post("/accounts/login/", {"username": "a", "password": "b"})
+    assert response.status_code == 403
+    assert b"reload the page" in response.content
+    assert_strict_csp(response)
     assert inline_code(response.content.decode()) == []
 
 
