@@ -6,9 +6,10 @@ from django.utils.cache import patch_cache_control, patch_vary_headers
 
 
 class PrivateCacheMiddleware:
-    """Answers to a signed-in user (session or token) are theirs alone: ``Cache-Control: private``
-    so no shared cache (a proxy, a CDN) keeps one user's page, photo or JSON for the next, and
-    ``Vary: Cookie, Authorization`` so a browser's own cache keys on who asked.
+    """Answers to a signed-in user (session or token), and every API answer, are the asker's
+    alone: ``Cache-Control: private`` so no shared cache (a proxy, a CDN) keeps one user's page,
+    photo or JSON for the next, and ``Vary: Cookie, Authorization`` so a browser's own cache
+    keys on who asked.
 
     A view that set its own Cache-Control (a file's ``private, max-age``, ``never_cache``) keeps
     it: it knows better.
@@ -27,7 +28,9 @@ class PrivateCacheMiddleware:
 
 
 def _is_personal(request) -> bool:
-    # DRF sets request.user on the underlying request once a token authenticated it.
+    # DRF sets request.user on the underlying request once a token authenticated it. Every
+    # API answer counts, signed in or not: POST /api/auth/token/ answers a token to a client
+    # that was anonymous when it asked.
     user = getattr(request, "user", None)
     authenticated = user is not None and user.is_authenticated
-    return authenticated or "HTTP_AUTHORIZATION" in request.META
+    return authenticated or "HTTP_AUTHORIZATION" in request.META or request.path.startswith("/api/")

@@ -175,11 +175,13 @@ def test_pages_for_a_signed_in_user_are_private_and_vary_on_cookie(owner_client)
 
 
 def test_api_answers_to_a_token_are_private_and_vary_on_authorization(client, owner):
-    token = client.post(
+    answer = client.post(
         "/api/auth/token/",
         {"username": "alice", "password": PASSWORD},
         content_type="application/json",
-    ).json()["token"]
+    )
+    assert "private" in answer["Cache-Control"]  # asked anonymously, and it holds a token
+    token = answer.json()["token"]
     response = Client().get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {token}")
     assert response.status_code == 200
     assert "private" in response["Cache-Control"]
