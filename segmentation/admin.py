@@ -83,6 +83,9 @@ class JobAdmin(admin.ModelAdmin):
     )  # fmt: skip
     fields = readonly_fields
 
+    class Media:
+        css = {"all": ["segmentation/admin.css"]}  # the images' sizes: no inline style (CSP)
+
     def get_queryset(self, request):
         return Job.objects.for_user(request.user).prefetch_related("detections")
 
@@ -119,7 +122,7 @@ class JobAdmin(admin.ModelAdmin):
         if not job.thumbnail:
             return "—"
         url = reverse("job-file", args=[job.pk, "thumbnail"])
-        return format_html('<img src="{}" alt="" style="height:48px;border-radius:4px">', url)
+        return format_html('<img src="{}" alt="" class="segweb-thumb">', url)
 
     @admin.display(description="Preview")
     def preview(self, job: Job):
@@ -128,7 +131,7 @@ class JobAdmin(admin.ModelAdmin):
         )
         return format_html_join(
             " ",
-            '<a href="{}"><img src="{}" alt="{}" style="max-height:240px;border-radius:6px"></a>',
+            '<a href="{}"><img src="{}" alt="{}" class="segweb-preview"></a>',
             (
                 (reverse("job-file", args=[job.pk, k]), reverse("job-file", args=[job.pk, k]), alt)
                 for k, alt in links

@@ -88,7 +88,9 @@ def serve(job: Job, kind: str, *, attachment: bool = False) -> HttpResponse:
 def signed_url(name: str, job: Job, kind: str, *, attachment: bool = False) -> str:
     params = {}
     if attachment:
-        params["ResponseContentDisposition"] = f'attachment; filename="{download_name(job, kind)}"'
+        params["ResponseContentDisposition"] = content_disposition_header(
+            True, download_name(job, kind)
+        )
     return default_storage.url(name, parameters=params or None, expire=settings.SIGNED_URL_SECONDS)
 
 

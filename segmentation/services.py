@@ -496,10 +496,12 @@ def job_succeed(
 
 
 def job_fail(*, job: Job, message: str) -> bool:
-    """RUNNING -> FAILED with a message for the owner. False if the job had moved on."""
+    """RUNNING -> FAILED with a message for the owner (server paths cut out: an exception's
+    text often names a file). False if the job had moved on."""
+    error = health.public_reason(message)[:2000]
     updated = Job.objects.filter(
         pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts
-    ).update(status=Job.Status.FAILED, finished_at=timezone.now(), error=message[:2000])
+    ).update(status=Job.Status.FAILED, finished_at=timezone.now(), error=error)
     if updated:
         logger.info("job %s failed: %s", job.pk, message)
         _announce_finished([job.pk])
@@ -1033,8 +1035,9 @@ def _open_for_writing(name: str):
 
 
 def _export_fail(export: Export, name: str, message: str) -> None:
+    error = health.public_reason(message)[:2000]  # the owner reads it: no server paths
     Export.objects.filter(pk=export.pk, status=Export.Status.RUNNING).update(
-        status=Export.Status.FAILED, finished_at=timezone.now(), error=message[:2000]
+        status=Export.Status.FAILED, finished_at=timezone.now(), error=error
     )
     _delete_files([name])
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -22,6 +23,7 @@ from knox.models import get_token_model
 
 from . import files, health, metrics, results, search, services
 from .api.filters import JobFilter
+from .api.parsers import declared_length
 from .api.throttling import rate_wait
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
@@ -46,7 +48,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         return render(request, "segmentation/upload.html", _upload_context(UploadForm()))
 
     limit = settings.SEGWEB["MAX_UPLOAD_BYTES"] * MAX_FILES_PER_POST
-    if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+    if declared_length(request) > limit:
         # Refused before Django reads the body into temporary files.
         message = f"Too much data in one request (limit {describe_bytes(limit)})."
         return _upload_refused(request, wants_json, message, 413)
@@ -383,9 +385,8 @@ def job_coco(request: HttpRequest, pk) -> HttpResponse:
     if job.status != Job.Status.SUCCEEDED:
         raise Http404("Detections are available once the job has succeeded.")
     stem = job.original_filename.rsplit(".", 1)[0] or "photo"
-    response = HttpResponse(json.dumps(job_to_coco(job), indent=1), content_type="application/json")
-    response["Content-Disposition"] = f'attachment; filename="{stem}-coco.json"'
-    return response
+    body = json.dumps(job_to_coco(job), indent=1).encode()
+    return files.serve_bytes(body, f"{stem}-coco.json", "application/json", attachment=True)
 
 
 # --- Collections ----------------------------------------------------------------------------
@@ -611,7 +612,31 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith("/api/")
+    """API paths, and pages asked for JSON (the upload page's script), get JSON errors."""
+    return request.path.startswith("/api/") or "application/json" in request.headers.get(
+        "Accept", ""
+    )
+
+
+def bad_request(request: HttpRequest, exception=None) -> HttpResponse:
+    """400 for what Django refuses before a view runs (too many files or fields, oversized
+    form fields): JSON with a ``detail`` for the API, a page saying what to do otherwise."""
+    message = _bad_request_message(exception)
+    if _wants_json(request):
+        return JsonResponse({"detail": message}, status=400)
+    return render(request, "400.html", {"message": message}, status=400)
+
+
+def _bad_request_message(exception) -> str:
+    if isinstance(exception, TooManyFilesSent):
+        most = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return f"At most {most} files in one request; send a ZIP for more."
+    if isinstance(exception, TooManyFieldsSent):
+        return f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} form fields in one request."
+    if isinstance(exception, RequestDataTooBig):
+        limit = describe_bytes(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        return f"The request's form fields are larger than {limit}."
+    return "The request could not be understood."
 
 
 def not_found(request: HttpRequest, exception=None) -> HttpResponse:
@@ -621,9 +646,30 @@ def not_found(request: HttpRequest, exception=None) -> HttpResponse:
     return render(request, "404.html", status=404)
 
 
+def forbidden(request: HttpRequest, exception=None) -> HttpResponse:
+    """403 outside DRF (the admin, a page's permission check, saying why when it can); API
+    paths get JSON."""
+    return _forbidden(request, str(exception or "") or "You do not have permission to do this.")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form post without a valid CSRF token (Django's own page has an inline style the CSP
+    blocks). ``reason`` is Django's, for developers: the log has it."""
+    return _forbidden(
+        request, "The form expired or came from another site: reload the page and try again."
+    )
+
+
+def _forbidden(request: HttpRequest, message: str) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"detail": message}, status=403)
+    return render(request, "403.html", {"message": message}, status=403)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse(
             {"detail": "Internal error; the administrators can see the log."}, status=500
         )
-    return render(request, "500.html", status=500)
+    # Without the request's context processors: they may be what failed.
+    return HttpResponse(render_to_string("500.html"), status=500)

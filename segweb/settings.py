@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
@@ -38,6 +39,7 @@ if not SECRET_KEY or (SECRET_KEY == _INSECURE_KEY and not DEBUG):
     )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "segmentation.views.csrf_failure"  # Django's page has an inline style (CSP)
 if env.bool("DJANGO_BEHIND_HTTPS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
@@ -63,6 +65,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
     "segmentation",
 ]
 
@@ -75,6 +78,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "segweb.middleware.PrivateCacheMiddleware",
     # Last, as django-axes asks: turns a locked-out sign-in into accounts.lockout_response.
     "axes.middleware.AxesMiddleware",
 ]
@@ -171,6 +176,32 @@ else:
 STORAGES = {
     "default": _default_storage,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Content-Security-Policy (django-csp): scripts and styles only from segweb's own static files,
+# no inline code at all, so an injected <script> or on*= handler cannot run. Photos stored in
+# S3 are shown through redirects to signed URLs: their origin must be allowed for images and
+# for the viewer's fetches (SEGWEB_CSP_MEDIA_ORIGINS overrides the guess).
+_S3_ENDPOINT = env.str("AWS_S3_ENDPOINT_URL", default="")
+CSP_MEDIA_ORIGINS = env.list(
+    "SEGWEB_CSP_MEDIA_ORIGINS",
+    default=(
+        ([_S3_ENDPOINT.rstrip("/"), _S3_ENDPOINT.replace("://", "://*.", 1).rstrip("/")]
+         if _S3_ENDPOINT else ["https://*.amazonaws.com"])
+        if AWS_STORAGE_BUCKET_NAME else []
+    ),
+)  # fmt: skip
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:", "blob:", *CSP_MEDIA_ORIGINS],
+        "connect-src": [SELF, *CSP_MEDIA_ORIGINS],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
 }
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"  # `manage.py collectstatic` target, for a front proxy
@@ -367,6 +398,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Every body any route reads is bounded in size and JSON depth (no RecursionError, no
+    # unbounded read into memory): DRF's own parsers are neither.
+    "DEFAULT_PARSER_CLASSES": [
+        "segmentation.api.parsers.BoundedJSONParser",
+        "segmentation.api.parsers.BoundedFormParser",
+        "segmentation.api.parsers.BoundedMultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],

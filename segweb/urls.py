@@ -10,5 +10,7 @@ urlpatterns = [
     path("", include("segmentation.urls")),
 ]
 
+handler400 = "segmentation.views.bad_request"
+handler403 = "segmentation.views.forbidden"
 handler404 = "segmentation.views.not_found"
 handler500 = "segmentation.views.server_error"

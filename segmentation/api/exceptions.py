@@ -3,10 +3,19 @@ the per-field messages when there are some. Clients can always show ``detail``."
 
 from __future__ import annotations
 
-from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework import status
+from rest_framework.exceptions import APIException
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 
 def exception_handler(exc, context):
+    # Imported here: rest_framework.views reads DEFAULT_PARSER_CLASSES when it is imported,
+    # and the parsers (segmentation.api.parsers) import this module's PayloadTooLarge.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -1,5 +1,7 @@
 """The one set of job filters, for the API's job list, the history page and exports."""
 
+from datetime import UTC
+
 import django_filters
 from django import forms
 from django_filters import fields
@@ -18,7 +20,18 @@ class _RejectBlank:
 
 
 class _DateTimeField(_RejectBlank, fields.IsoDateTimeField):
-    pass
+    def to_python(self, value):
+        result = super().to_python(value)
+        if result is not None:
+            # 9999-12-31T23:59:59-23:59 parses, but is past datetime.max in UTC, where the
+            # database compares it: an OverflowError (a 500) at query time otherwise.
+            try:
+                result.astimezone(UTC)
+            except OverflowError:
+                raise forms.ValidationError(
+                    "Out of range: give a date and time between years 1 and 9999 in UTC."
+                ) from None
+        return result
 
 
 class _ChoiceField(_RejectBlank, fields.ChoiceField):
