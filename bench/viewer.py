@@ -162,6 +162,16 @@ def start_web(data_dir: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("gunicorn did not start")
 
 
+def wait_until(page, expression: str, timeout: float = 15.0) -> None:
+    """Wait until ``expression`` is truthy in the page. Playwright's ``wait_for_function`` polls
+    with ``eval``, which segweb's Content-Security-Policy refuses; ``evaluate`` does not."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout} s: {expression}")
+        time.sleep(0.02)
+
+
 def signed_in_page(browser, base: str, viewport=(1280, 900), user="alice", **context):
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **context)
     page.goto(f"{base}/accounts/login/")
@@ -236,7 +246,7 @@ def measure(browser, base: str, job_id: str) -> dict:
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
     try:
-        page.wait_for_function("window.segwebViewer && window.segwebViewer.stats.firstDrawMs")
+        wait_until(page, "window.segwebViewer && window.segwebViewer.stats.firstDrawMs")
     except PlaywrightTimeout:
         raise RuntimeError(
             f"the viewer did not start: {errors} {page.url} {page.title()}"
@@ -357,15 +367,15 @@ def screenshots(out: Path) -> None:
                 browser = launch(playwright)
                 page = signed_in_page(browser, base, (1280, 900))
                 page.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
-                page.wait_for_function("window.segwebViewer")
+                wait_until(page, "window.segwebViewer")
                 page.mouse.click(*page.evaluate(POINT_IN_MASK, 0))  # pinned: stays for the shot
-                page.wait_for_function("window.segwebViewer.pinned !== null")
+                wait_until(page, "window.segwebViewer.pinned !== null")
                 page.screenshot(path=out / "job-desktop.png", full_page=True)
                 phone = signed_in_page(
                     browser, base, (390, 844), device_scale_factor=2, is_mobile=True, has_touch=True
                 )
                 phone.goto(f"{base}/jobs/{job_id}/", wait_until="networkidle")
-                phone.wait_for_function("window.segwebViewer")
+                wait_until(phone, "window.segwebViewer")
                 phone.screenshot(path=out / "job-phone.png", full_page=True)
                 overlay = page.request.get(f"{base}/jobs/{job_id}/overlay/")
                 (out / "overlay.png").write_bytes(overlay.body())

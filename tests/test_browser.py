@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.viewer import wait_until
 from tests.live import PASSWORD, running_segweb
 from tests.photos import ASTRONAUT
 
@@ -75,10 +76,10 @@ def test_sign_in_upload_watch_it_finish_and_find_it_in_history(browser, segweb):
     assert page.url == job_url
 
     # The viewer starts on the swapped-in results: the photo with its masks drawn in the page.
-    page.wait_for_function("window.segwebViewer && window.segwebViewer.stats.firstDrawMs")
+    wait_until(page, "window.segwebViewer && window.segwebViewer.stats.firstDrawMs")
     assert page.evaluate("window.segwebViewer.instances.some(i => i.label === 'person')")
     page.locator("#stage-photo").wait_for()
-    page.wait_for_function("document.getElementById('stage-photo').naturalWidth === 512")
+    wait_until(page, "document.getElementById('stage-photo').naturalWidth === 512")
     assert "person" in page.locator("#detections").inner_text()
 
     OUTPUT.mkdir(exist_ok=True)

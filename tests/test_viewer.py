@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.viewer import wait_until
 from tests.live import free_port
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def open_job(browser, site, user="alice", **context):
     page = signed_in_page(browser, base, user=user, **context)
     page.set_default_timeout(15_000)
     page.goto(f"{base}/jobs/{job_id}/")
-    page.wait_for_function("window.segwebViewer && window.segwebViewer.stats.firstDrawMs !== null")
+    wait_until(page, "window.segwebViewer && window.segwebViewer.stats.firstDrawMs !== null")
     return page
 
 
@@ -160,7 +161,7 @@ def test_the_keyboard_steps_through_instances_and_toggles_the_overlay(browser, s
     assert page.evaluate("() => window.segwebViewer.focus.rank") == shown[1]
     page.keyboard.press("ArrowLeft")
     assert page.evaluate("() => window.segwebViewer.focus.rank") == shown[0]
-    page.wait_for_function("document.getElementById('viewer-status').textContent.includes('#1')")
+    wait_until(page, "document.getElementById('viewer-status').textContent.includes('#1')")
 
     page.keyboard.press("o")
     assert page.get_attribute('[data-view="photo"]', "aria-pressed") == "true"
@@ -185,9 +186,9 @@ def test_the_threshold_is_saved_and_survives_a_reload(browser, site):
     page = open_job(browser, site)
     set_threshold(page, 0.7)
     page.wait_for_selector('#viewer[data-saved="0.7"]')
-    page.wait_for_function("document.getElementById('viewer-status').textContent.includes('saved')")
+    wait_until(page, "document.getElementById('viewer-status').textContent.includes('saved')")
     page.reload()
-    page.wait_for_function("window.segwebViewer")
+    wait_until(page, "window.segwebViewer")
     assert page.input_value("#threshold") == "0.7"
     scores = page.evaluate("() => window.segwebViewer.instances.map(i => i.score)")
     assert visible_rows(page) == sum(s >= 0.7 for s in scores)
