@@ -1,8 +1,10 @@
 """Upload validation: the one place pages and API decide what is an acceptable photo.
 
 Everything is checked before anything is stored: presence, size in bytes, real type (by decoding
-with Pillow, never trusting the name or the Content-Type), pixel count from the header, and a full
-decode so that truncated files are caught. The pixels decoded here also give the thumbnail.
+with Pillow, never trusting the name or the Content-Type), pixel count and shape from the header
+(before any pixel is decoded), and a full decode so that truncated files are caught. The pixels
+decoded here also give the thumbnail. Decoding holds one of the web process's decoding slots
+(``decoding.decode_slot``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,20 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image
 
-from .inference.errors import ImageTooLargeError, InvalidImageError
-from .inference.image import FORMAT_EXTENSIONS, apply_orientation, decode, open_image, to_rgb
+from .decoding import DecodeBusy, decode_slot
+from .inference.errors import ImageShapeError, ImageTooLargeError, InvalidImageError
+from .inference.image import (
+    FORMAT_EXTENSIONS,
+    HIGH_BIT_DEPTH_MODES,
+    apply_orientation,
+    decode,
+    open_image,
+    orient,
+    orientation,
+    to_8bit,
+    to_rgb,
+    upright_size,
+)
 
 THUMBNAIL_SIZE = (480, 480)
 
@@ -24,11 +38,19 @@ class UploadError(Exception):
     """An upload we refuse; ``status`` is the HTTP status to answer with, ``reason`` a short
     name for counting refusals (``/metrics``)."""
 
-    def __init__(self, message: str, status: int = 400, *, reason: str = "invalid") -> None:
+    def __init__(
+        self, message: str, status: int = 400, *, reason: str = "invalid", wait: float = 0
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.reason = reason
+        self.wait = wait  # seconds, for Retry-After (429, 503)
+
+
+class RequestRefused(UploadError):
+    """Not this file but the whole request is refused (a quota, the job rate, a busy server):
+    a collection stops at it and keeps nothing, rather than listing it as a bad photo."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +92,17 @@ def validate_upload(upload: UploadedFile | None) -> ValidatedImage:
         )
     upload.seek(0)
     try:
-        with open_image(upload, max_pixels=settings.SEGWEB["MAX_PIXELS"]) as image:
+        with decode_slot(), open_image(upload, max_pixels=settings.SEGWEB["MAX_PIXELS"]) as image:
             decode(image)
             image_format = image.format
-            rgb = to_rgb(apply_orientation(image))
-            width, height = rgb.size
-            thumbnail = _thumbnail(rgb)
+            width, height = upright_size(image)
+            thumbnail = _thumbnail(image)
+    except DecodeBusy as exc:
+        raise RequestRefused(str(exc), 503, reason="busy", wait=exc.wait) from exc
     except ImageTooLargeError as exc:
         raise UploadError(str(exc), reason="too_many_pixels") from exc
+    except ImageShapeError as exc:
+        raise UploadError(str(exc), reason="bad_shape") from exc
     except InvalidImageError as exc:
         raise UploadError(str(exc), reason="not_an_image") from exc
     finally:
@@ -93,10 +118,21 @@ def validate_upload(upload: UploadedFile | None) -> ValidatedImage:
     )
 
 
-def _thumbnail(rgb: Image.Image) -> Image.Image:
+def _thumbnail(image: Image.Image) -> Image.Image:
+    """The upright RGB thumbnail of a decoded image.
+
+    A high-bit-depth image is brought to 8 bits first (in chunks) and reduced before it becomes
+    RGB or turns upright, so that its only full-size copy is the 8-bit one.
+    """
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        return to_rgb(orient(_shrink(to_8bit(image)), orientation(image)))
+    return _shrink(to_rgb(apply_orientation(image)))
+
+
+def _shrink(image: Image.Image) -> Image.Image:
     # A cheap box-filter reduction first: LANCZOS over 40 MP would take a second.
-    factor = max(1, min(rgb.width // THUMBNAIL_SIZE[0], rgb.height // THUMBNAIL_SIZE[1]) // 2)
-    small = rgb.reduce(factor) if factor > 1 else rgb.copy()
+    factor = max(1, min(image.width // THUMBNAIL_SIZE[0], image.height // THUMBNAIL_SIZE[1]) // 2)
+    small = image.reduce(factor) if factor > 1 else image.copy()
     small.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
     return small
 

@@ -39,7 +39,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import datasets, files, health, services
+from .. import archives, datasets, files, health, services
 from ..coco_export import job_to_coco
 from ..inference import COCO_LABELS, InvalidImageError
 from ..models import Collection, Detection, Export, Job, Webhook
@@ -66,13 +66,32 @@ from .serializers import (
     WebhookDeliverySerializer,
     WebhookSerializer,
 )
-from .throttling import ScopedThrottle
+from .throttling import JobCreateThrottle, ScopedThrottle, job_rate_take
 
 ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="No valid token or session."),
     404: OpenApiResponse(ErrorSerializer, description="No such job (or not yours)."),
 }
 
+
+# What an upload (a photo, several, an archive) can be refused with.
+UPLOAD_400 = (
+    "Not an acceptable photo or option: not an image, damaged, a side under 8 px, one side "
+    "more than 20 times the other, or more pixels than SEGWEB_MAX_MEGAPIXELS (all checked "
+    "from the header, before decoding)."
+)
+UPLOAD_413 = (
+    "A file or the request is larger than the limit, or it would pass your storage quota "
+    "(SEGWEB_QUOTA_BYTES; the message says the quota and your usage)."
+)
+UPLOAD_429 = (
+    "Too many jobs: the job rate (SEGWEB_JOB_CREATE_RATE, counted per photo) or your quota of "
+    "jobs waiting or running (SEGWEB_QUOTA_QUEUED_JOBS); see Retry-After."
+)
+UPLOAD_503 = (
+    "The file store is unavailable, or the server is busy decoding other photos "
+    "(SEGWEB_DECODE_SLOTS); see Retry-After."
+)
 
 # A paginated list: a bad page_size, or a page past the end.
 PAGE_ERRORS = {
@@ -89,6 +108,22 @@ class ServiceUnavailable(APIException):
 
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+class TooManyJobs(APIException):
+    """Over the job rate or the queued-jobs quota; ``wait`` becomes Retry-After."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, detail: str, wait: float) -> None:
+        super().__init__(detail)
+        self.wait = max(1, round(wait))
+
+
+class Busy(ServiceUnavailable):
+    def __init__(self, detail: str, wait: float) -> None:
+        super().__init__(detail)
+        self.wait = max(1, round(wait))
 
 
 class Conflict(APIException):
@@ -157,6 +192,10 @@ def refused(exc: Exception) -> APIException:
         return ValidationError({"detail": exc.message, "rejected": exc.rejected})
     if isinstance(exc, UploadError) and exc.status == 413:
         return PayloadTooLarge(exc.message)
+    if isinstance(exc, UploadError) and exc.status == 429:
+        return TooManyJobs(exc.message, exc.wait)
+    if isinstance(exc, UploadError) and exc.status == 503:
+        return Busy(exc.message, exc.wait)
     if isinstance(exc, UploadError):
         return ValidationError({"detail": exc.message})
     raise TypeError(f"not an upload error: {exc!r}")
@@ -312,7 +351,9 @@ class JobViewSet(
     def get_throttles(self):
         # A retry costs a worker what a new job costs: both count against the job rate; a
         # threshold change has its own rate (throttle_scope).
-        if self.action in ("create", "retry", "partial_update", "export"):
+        if self.action in ("create", "retry"):
+            return [JobCreateThrottle()]
+        if self.action in ("partial_update", "export"):
             return [ScopedThrottle()]
         return []
 
@@ -320,11 +361,11 @@ class JobViewSet(
         request={"multipart/form-data": JobCreateSerializer},
         responses={
             201: JobSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Not an acceptable photo or option."),
+            400: OpenApiResponse(ErrorSerializer, description=UPLOAD_400),
             401: ERRORS[401],
-            413: OpenApiResponse(ErrorSerializer, description="File larger than the limit."),
-            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
-            503: OpenApiResponse(ErrorSerializer, description="File store unavailable."),
+            413: OpenApiResponse(ErrorSerializer, description=UPLOAD_413),
+            429: OpenApiResponse(ErrorSerializer, description=UPLOAD_429),
+            503: OpenApiResponse(ErrorSerializer, description=UPLOAD_503),
         },
         summary="Upload a photo; it is segmented on the queue",
     )
@@ -670,9 +711,8 @@ class CollectionViewSet(
         return collections
 
     def get_throttles(self):
-        # Like a job's retry, a collection's costs the workers: both count against the job rate
-        # (one request each until the rate is counted per photo).
-        return [ScopedThrottle()] if self.action in ("create", "retry") else []
+        # A retry counts one against the job rate; create counts each photo (``_take_rate``).
+        return [JobCreateThrottle()] if self.action == "retry" else []
 
     @extend_schema(
         request={"multipart/form-data": CollectionCreateSerializer},
@@ -684,9 +724,17 @@ class CollectionViewSet(
                 "each), or a bad option.",
             ),
             401: ERRORS[401],
-            413: OpenApiResponse(ErrorSerializer, description="Archive or request too large."),
-            429: OpenApiResponse(ErrorSerializer, description="Too many uploads; see Retry-After."),
-            503: OpenApiResponse(ErrorSerializer, description="File store unavailable."),
+            413: OpenApiResponse(
+                ErrorSerializer,
+                description="Archive or request too large, or over your storage quota "
+                "(SEGWEB_QUOTA_BYTES).",
+            ),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description=UPLOAD_429 + " Every photo counts: nothing is kept when they do not "
+                "all fit.",
+            ),
+            503: OpenApiResponse(ErrorSerializer, description=UPLOAD_503),
         },
         summary="Upload a ZIP or several photos; each photo becomes a job of one collection",
     )
@@ -721,6 +769,7 @@ class CollectionViewSet(
             "model": options.validated_data.get("model"),
         }
         try:
+            self._take_rate(request, archive, images)
             if archive is not None:
                 collection = services.collection_create_from_archive(archive=archive, **common)
             else:
@@ -730,6 +779,27 @@ class CollectionViewSet(
         collection = self.get_queryset().get(pk=collection.pk)
         body = self.get_serializer(collection).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    @staticmethod
+    def _take_rate(request, archive, images: list) -> None:
+        """Draw every photo from the job rate before anything is kept: all fit, or a 429."""
+        if archive is not None:
+            try:
+                with archives.open_archive(archive) as zip_file:
+                    count = len(archives.photo_candidates(zip_file))
+            except UploadError as exc:
+                services.upload_refusal_count(reason=exc.reason)
+                raise
+        else:
+            count = len(images)
+        wait = job_rate_take(user=request.user, count=count)
+        if wait is not None:
+            rate = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["job_create"]
+            raise TooManyJobs(
+                f"{count} photo(s) do not fit in your job rate ({rate}); nothing was kept. "
+                f"Try again in {wait:.0f} seconds.",
+                wait,
+            )
 
     def perform_destroy(self, collection: Collection) -> None:
         services.collection_delete(collection=collection)
