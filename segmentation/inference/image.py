@@ -97,11 +97,7 @@ def open_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
         raise InvalidImageError(f"Not a file: {exc.filename}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidImageError(_unsupported_message()) from exc
-    try:
-        check_shape(*image.size, max_pixels=max_pixels)
-    except InvalidImageError:
-        image.close()
-        raise
+    check_shape(*image.size, max_pixels=max_pixels)
     return image
 
 
