@@ -22,9 +22,7 @@ class DecodeBusy(Exception):
     """Every decoding slot stayed busy for the whole wait: answer 503, retry after ``wait``."""
 
     def __init__(self, wait: float) -> None:
-        super().__init__(
-            "The server is busy decoding other photos; try again in a few seconds."
-        )
+        super().__init__("The server is busy decoding other photos; try again in a few seconds.")
         self.wait = wait
 
 

@@ -38,7 +38,6 @@ from .classes import class_rows, shown_classes
 from .inference import InferenceError, ModelUnavailableError
 from .inference.registry import AUTO
 from .inference.runtime import requested_precision
-from .quotas import quota_check
 from .models import (
     MAX_ATTEMPTS,
     Collection,
@@ -53,6 +52,7 @@ from .models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from .quotas import quota_check
 from .uploads import (
     THUMBNAIL_SIZE,
     RequestRefused,

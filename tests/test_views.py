@@ -121,9 +121,7 @@ def test_bad_files_get_their_error_next_to_their_name(owner_client, owner, priva
     assert Job.objects.filter(owner=owner).count() == 1  # the good photo still went through
 
 
-def test_the_upload_form_has_no_json_mode_and_its_script_uses_the_public_api(
-    owner_client, owner
-):
+def test_the_upload_form_has_no_json_mode_and_its_script_uses_the_public_api(owner_client, owner):
     response = owner_client.post(
         reverse("upload"),
         {"images": photo_upload(), "score_threshold": "0.5", "model": "auto"},
