@@ -26,6 +26,7 @@ from .inference.image import (
     open_image,
     orient,
     orientation,
+    pixel_range,
     to_8bit,
     to_rgb,
     upright_size,
@@ -121,9 +122,13 @@ def validate_upload(upload: UploadedFile | None) -> ValidatedImage:
 def _thumbnail(image: Image.Image) -> Image.Image:
     """The upright RGB thumbnail of a decoded image.
 
-    A high-bit-depth image is brought to 8 bits first (in chunks) and reduced before it becomes
-    RGB or turns upright, so that its only full-size copy is the 8-bit one.
+    A high-bit-depth image is reduced before it becomes 8-bit RGB and turns upright, so that
+    no full-size copy of it is made: 32-bit ones are reduced as they are (scaled to 8 bits by
+    their whole range, read in chunks), 16-bit ones (which Pillow cannot reduce) go through
+    8-bit grey first, half their size.
     """
+    if image.mode in ("I", "F"):
+        return to_rgb(orient(to_8bit(_shrink(image), pixel_range(image)), orientation(image)))
     if image.mode in HIGH_BIT_DEPTH_MODES:
         return to_rgb(orient(_shrink(to_8bit(image)), orientation(image)))
     return _shrink(to_rgb(apply_orientation(image)))

@@ -239,20 +239,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-def to_8bit(image: Image.Image) -> Image.Image:
+def to_8bit(image: Image.Image, value_range: tuple[float, float] | None = None) -> Image.Image:
     """A 16-bit, 32-bit integer or float grey image as 8-bit grey (mode ``L``).
 
     Converted ``CHUNK_ROWS`` rows at a time into one uint8 array: the extra memory is the 8-bit
     result plus one chunk, never a float copy of the whole image. The scale (16-bit data to
-    8 bits, floats in [0, 1] by 255, other ranges stretched) is chosen from the whole image's
-    range, which is measured chunk by chunk first when it matters.
+    8 bits, floats in [0, 1] by 255, other ranges stretched) is chosen from ``value_range``:
+    by default the image's own (``pixel_range``); a thumbnail passes its full image's.
     """
     mode = image.mode
     width, height = image.size
     if mode.startswith("I;16"):
         scale, offset = 255.0 / 65535.0, 0.0
     else:
-        lo, hi = _finite_range(image)
+        lo, hi = value_range or pixel_range(image)
         if mode == "F" and lo >= 0.0 and hi <= 1.0:
             scale, offset = 255.0, 0.0
         elif lo >= 0.0 and hi <= 255.0:
@@ -280,7 +280,8 @@ def _row_chunks(image: Image.Image):
         yield top, np.asarray(rows).astype(np.float32)
 
 
-def _finite_range(image: Image.Image) -> tuple[float, float]:
+def pixel_range(image: Image.Image) -> tuple[float, float]:
+    """The lowest and highest finite values of a high-bit-depth image, read in chunks."""
     lo, hi = np.inf, -np.inf
     for _, chunk in _row_chunks(image):
         finite = chunk[np.isfinite(chunk)]
