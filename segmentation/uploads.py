@@ -19,6 +19,7 @@ from PIL import Image
 from .decoding import DecodeBusy, decode_slot
 from .inference.errors import ImageShapeError, ImageTooLargeError, InvalidImageError
 from .inference.image import (
+    CHUNK_ROWS,
     FORMAT_EXTENSIONS,
     HIGH_BIT_DEPTH_MODES,
     apply_orientation,
@@ -120,25 +121,38 @@ def validate_upload(upload: UploadedFile | None) -> ValidatedImage:
 
 
 def _thumbnail(image: Image.Image) -> Image.Image:
-    """The upright RGB thumbnail of a decoded image.
-
-    A high-bit-depth image is reduced before it becomes 8-bit RGB and turns upright, so that
-    no full-size copy of it is made: 32-bit ones are reduced as they are (scaled to 8 bits by
-    their whole range, read in chunks), 16-bit ones (which Pillow cannot reduce) go through
-    8-bit grey first, half their size.
-    """
-    if image.mode in ("I", "F"):
-        return to_rgb(orient(to_8bit(_shrink(image), pixel_range(image)), orientation(image)))
+    """The upright RGB thumbnail of a decoded image."""
     if image.mode in HIGH_BIT_DEPTH_MODES:
-        return to_rgb(orient(_shrink(to_8bit(image)), orientation(image)))
+        small = _shrink_high_bit_depth(image)
+        small.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
+        return to_rgb(orient(small, orientation(image)))
     return _shrink(to_rgb(apply_orientation(image)))
 
 
 def _shrink(image: Image.Image) -> Image.Image:
     # A cheap box-filter reduction first: LANCZOS over 40 MP would take a second.
-    factor = max(1, min(image.width // THUMBNAIL_SIZE[0], image.height // THUMBNAIL_SIZE[1]) // 2)
-    small = image.reduce(factor) if factor > 1 else image.copy()
+    small = image.reduce(_factor(image)) if _factor(image) > 1 else image.copy()
     small.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
+    return small
+
+
+def _factor(image: Image.Image) -> int:
+    return max(1, min(image.width // THUMBNAIL_SIZE[0], image.height // THUMBNAIL_SIZE[1]) // 2)
+
+
+def _shrink_high_bit_depth(image: Image.Image) -> Image.Image:
+    """A 16/32-bit or float image reduced to 8-bit grey a band of rows at a time: the only
+    extra memory is one band, never a full-size copy (a 40 MP float TIFF is 160 MB already).
+    Each band is scaled by the whole image's range, so the thumbnail looks like the job's photo.
+    """
+    value_range = None if image.mode.startswith("I;16") else pixel_range(image)
+    factor = _factor(image)
+    band = factor * max(1, CHUNK_ROWS // factor)
+    width, height = image.size
+    small = Image.new("L", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, band):
+        rows = image.crop((0, top, width, min(top + band, height)))
+        small.paste(to_8bit(rows, value_range).reduce(factor), (0, top // factor))
     return small
 
 

@@ -32,7 +32,7 @@ MIN_SIDE = 8
 MAX_ASPECT = 20
 #: High-bit-depth images are brought to 8 bits this many rows at a time, so that no float copy
 #: of the whole image exists (a float64 copy of a 6300×6300 TIFF is 318 MB).
-CHUNK_ROWS = 256
+CHUNK_ROWS = 64
 
 Image.init()  # register every plugin now: ``Image.open(formats=...)`` only looks at loaded ones
 
@@ -90,7 +90,11 @@ def open_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(fp, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"The image is too large ({exc}).") from exc
+        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise ImageTooLargeError(
+            f"The image has over {bomb:.0f} megapixels (a decompression bomb?); "
+            f"the limit is {max_pixels / 1e6:g} megapixels."
+        ) from exc
     except FileNotFoundError as exc:
         raise InvalidImageError(f"No such file: {exc.filename}") from exc
     except IsADirectoryError as exc:
