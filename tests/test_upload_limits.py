@@ -159,7 +159,9 @@ def test_result_files_count_in_the_storage_quota(owner):
 # --- decoding slots -------------------------------------------------------------------------
 
 
-def test_when_every_decoding_slot_stays_busy_an_upload_gets_503(owner, owner_client, settings):
+@pytest.fixture
+def busy_decoding(settings):
+    """Every decoding slot taken by another thread, for the length of the test."""
     settings.SEGWEB = {**settings.SEGWEB, "DECODE_SLOTS": 1, "DECODE_WAIT_SECONDS": 0.1}
     held, release = threading.Event(), threading.Event()
 
@@ -170,17 +172,41 @@ def test_when_every_decoding_slot_stays_busy_an_upload_gets_503(owner, owner_cli
 
     holder = threading.Thread(target=hold_the_slot)
     holder.start()
-    try:
-        held.wait(5)
-        response = api_client(owner).post("/api/jobs/", {"image": photo_upload()})
-        assert response.status_code == 503
-        assert "busy" in response.json()["detail"]
-        assert int(response["Retry-After"]) >= 1
-        page = owner_client.post(reverse("upload"), form(photo_upload()))
-        assert page.status_code == 503
-        assert "busy" in page.content.decode()
-        assert not Job.objects.exists()
-    finally:
-        release.set()
-        holder.join()
+    held.wait(5)
+    yield
+    release.set()
+    holder.join()
+
+
+def test_when_every_decoding_slot_stays_busy_an_upload_gets_503(
+    owner, owner_client, busy_decoding
+):
+    response = api_client(owner).post("/api/jobs/", {"image": photo_upload()})
+    assert response.status_code == 503
+    assert "busy" in response.json()["detail"]
+    assert int(response["Retry-After"]) >= 1
+    page = owner_client.post(reverse("upload"), form(photo_upload()))
+    assert page.status_code == 503
+    assert "busy" in page.content.decode()
+    images = [photo_upload(), photo_upload(CHELSEA)]
+    assert api_client(owner).post("/api/collections/", {"images": images}).status_code == 503
+    assert not Job.objects.exists() and not Collection.objects.exists()
+
+
+def test_a_free_slot_lets_the_upload_through(owner, settings):
+    settings.SEGWEB = {**settings.SEGWEB, "DECODE_SLOTS": 1, "DECODE_WAIT_SECONDS": 0.1}
+    with decoding.decode_slot():
+        pass
     assert api_client(owner).post("/api/jobs/", {"image": photo_upload()}).status_code == 201
+
+
+def test_overlays_redrawn_in_the_web_process_take_a_decoding_slot(owner, request):
+    from segmentation import services
+
+    job = succeed(create_job(owner), labels=("cup", "spoon"))
+    services.job_set_threshold(job=job, threshold=0.75)
+    request.getfixturevalue("busy_decoding")
+    alice = api_client(owner)
+    assert alice.get(f"/api/jobs/{job.pk}/overlay/").status_code == 503
+    assert alice.get(f"/api/jobs/{job.pk}/instances/0/cutout/").status_code == 503
+    assert alice.get(f"/api/jobs/{job.pk}/instances/0/mask/").status_code == 200

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 from django.conf import settings
@@ -41,6 +42,7 @@ from rest_framework.views import APIView
 
 from .. import archives, datasets, files, health, services
 from ..coco_export import job_to_coco
+from ..decoding import DecodeBusy, decode_slot
 from ..inference import COCO_LABELS, InvalidImageError
 from ..models import Collection, Detection, Export, Job, Webhook
 from ..uploads import UploadError, describe_bytes
@@ -495,11 +497,17 @@ class JobViewSet(
             _check_drawing_cost(job, len(datasets.shown_detections(job)))
         # Served (and closed) by the response; on disk past 32 MB.
         archive = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)  # noqa: SIM115
+        # Cut-outs decode the photo in this process: one of its decoding slots.
+        slot = decode_slot() if fmt == Export.Format.CUTOUTS else nullcontext()
         try:
-            datasets.write_dataset(archive, fmt, [job], description=f"segweb job {job.pk}")
+            with slot:
+                datasets.write_dataset(archive, fmt, [job], description=f"segweb job {job.pk}")
         except datasets.PhotoUnavailable as exc:
             archive.close()
             raise ServiceUnavailable(str(exc)) from exc
+        except DecodeBusy as exc:
+            archive.close()
+            raise Busy(str(exc), exc.wait) from exc
         archive.seek(0)
         name = f"{datasets.safe_stem(job)}-{fmt}.zip"
         return files.serve_bytes(archive, name, "application/zip", attachment=True)
@@ -569,9 +577,12 @@ class InstanceFileView(APIView):
             if kind == "mask":
                 data = datasets.mask_png(detection)
             else:
-                data = datasets.cutout_png(datasets.load_photo(job), detection)
+                with decode_slot():  # the photo is decoded in this process
+                    data = datasets.cutout_png(datasets.load_photo(job), detection)
         except (datasets.PhotoUnavailable, InvalidImageError) as exc:
             raise ServiceUnavailable("The stored photo could not be read.") from exc
+        except DecodeBusy as exc:
+            raise Busy(str(exc), exc.wait) from exc
         name = f"{datasets.safe_stem(job)}-{index}-{detection.label.replace(' ', '_')}-{kind}.png"
         attachment = request.query_params.get("download") == "1"
         return files.serve_bytes(data, name, "image/png", attachment=attachment)
