@@ -64,7 +64,9 @@ def make_files(folder: Path) -> None:
     side = 6300
     values = np.zeros((side, side), dtype=np.float32)
     values[::97, :] = np.linspace(-3.0, 40.0, side, dtype=np.float32)  # a range to stretch
-    Image.fromarray(values, mode="F").save(folder / "float32.tiff", compression="tiff_adobe_deflate")
+    Image.fromarray(values, mode="F").save(
+        folder / "float32.tiff", compression="tiff_adobe_deflate"
+    )
     del values
     (folder / "strip.png").write_bytes(png(1, 39_000_000, depth=8, row=b"\0\x80"))
     row16 = b"\0" + (np.arange(side, dtype=">u2") * 10).tobytes()
@@ -152,7 +154,10 @@ def run_batch(folder: Path, names: dict[str, str]) -> dict:
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now
     before = memory_kb("VmRSS")
-    threads = [threading.Thread(target=send, args=(c, label)) for c, label in zip(clients, names)]
+    threads = [
+        threading.Thread(target=send, args=(c, label))
+        for c, label in zip(clients, names, strict=True)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

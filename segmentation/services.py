@@ -723,6 +723,7 @@ def job_retry(*, job: Job) -> Job:
             f"The {job.model} model cannot run on this server right now ({broken}); "
             "retry once an administrator has fixed it."
         )
+    quota_check(owner=job.owner, add_bytes=0, add_jobs=1)
     with transaction.atomic():
         updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILED).update(
             status=Job.Status.QUEUED,
@@ -1273,6 +1274,7 @@ def collection_retry(*, collection: Collection) -> int:
                 f"The {model} model cannot run on this server right now ({broken}); "
                 "retry once an administrator has fixed it."
             )
+    quota_check(owner=collection.owner, add_bytes=0, add_jobs=len(failed))
     if failed:
         Collection.objects.filter(pk=collection.pk).update(finished_at=None)
     retried = 0

@@ -25,6 +25,7 @@ from .api.throttling import job_rate_take
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
 from .models import Collection, Export, Job, UserClass, Webhook
+from .quotas import QuotaExceeded
 from .uploads import UploadError, describe_bytes
 
 MAX_FILES_PER_POST = 20
@@ -316,7 +317,7 @@ def job_retry(request: HttpRequest, pk) -> HttpResponse:
         return redirect("job-detail", pk=job.pk)
     try:
         services.job_retry(job=job)
-    except (services.IllegalTransition, services.ModelNotRunning) as exc:
+    except (services.IllegalTransition, services.ModelNotRunning, QuotaExceeded) as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, "Queued again.")
@@ -397,13 +398,13 @@ def collection_cancel(request: HttpRequest, pk) -> HttpResponse:
 @require_POST
 def collection_retry(request: HttpRequest, pk) -> HttpResponse:
     collection = _visible_collection(request, pk)
-    wait = job_rate_take(user=request.user, count=1)
+    wait = job_rate_take(user=request.user, count=max(1, collection.progress["failed"]))
     if wait is not None:
         messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
         return redirect("collection-detail", pk=pk)
     try:
         count = services.collection_retry(collection=collection)
-    except services.ModelNotRunning as exc:
+    except (services.ModelNotRunning, QuotaExceeded) as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, f"{count} failed photo(s) queued again.")

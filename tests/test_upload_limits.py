@@ -178,9 +178,7 @@ def busy_decoding(settings):
     holder.join()
 
 
-def test_when_every_decoding_slot_stays_busy_an_upload_gets_503(
-    owner, owner_client, busy_decoding
-):
+def test_when_every_decoding_slot_stays_busy_an_upload_gets_503(owner, owner_client, busy_decoding):
     response = api_client(owner).post("/api/jobs/", {"image": photo_upload()})
     assert response.status_code == 503
     assert "busy" in response.json()["detail"]
@@ -210,3 +208,30 @@ def test_overlays_redrawn_in_the_web_process_take_a_decoding_slot(owner, request
     assert alice.get(f"/api/jobs/{job.pk}/overlay/").status_code == 503
     assert alice.get(f"/api/jobs/{job.pk}/instances/0/cutout/").status_code == 503
     assert alice.get(f"/api/jobs/{job.pk}/instances/0/mask/").status_code == 200
+
+
+def test_retries_obey_the_queued_jobs_quota(owner, settings):
+    from tests.factories import fail
+
+    failed = fail(create_job(owner))
+    create_job(owner)
+    settings.SEGWEB = {**settings.SEGWEB, "QUOTA_QUEUED_JOBS": 1}
+    response = api_client(owner).post(f"/api/jobs/{failed.pk}/retry/")
+    assert response.status_code == 429
+    assert "your quota is 1" in response.json()["detail"]
+    failed.refresh_from_db()
+    assert failed.status == Job.Status.FAILED
+
+
+def test_a_collection_retry_counts_each_failed_photo(owner, job_rate):
+    from tests.factories import fail
+
+    job_rate("3/min")
+    alice = api_client(owner)
+    images = [photo_upload(), photo_upload(CHELSEA)]
+    collection = alice.post("/api/collections/", {"images": images}).json()
+    for job in Job.objects.filter(collection_id=collection["id"]):
+        fail(job)
+    response = alice.post(f"/api/collections/{collection['id']}/retry/")
+    assert response.status_code == 429  # 2 failed photos, 1 left in the rate
+    assert Job.objects.filter(status=Job.Status.FAILED).count() == 2

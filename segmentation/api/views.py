@@ -45,6 +45,7 @@ from ..coco_export import job_to_coco
 from ..decoding import DecodeBusy, decode_slot
 from ..inference import COCO_LABELS, InvalidImageError
 from ..models import Collection, Detection, Export, Job, Webhook
+from ..quotas import QuotaExceeded
 from ..uploads import UploadError, describe_bytes
 from .filters import JobFilter
 from .serializers import (
@@ -432,6 +433,8 @@ class JobViewSet(
         job = self.get_object()
         try:
             job = services.job_retry(job=job)
+        except QuotaExceeded as exc:
+            raise refused(exc) from exc
         except services.IllegalTransition as exc:
             raise Conflict(str(exc)) from exc
         except services.ModelNotRunning as exc:
@@ -722,8 +725,7 @@ class CollectionViewSet(
         return collections
 
     def get_throttles(self):
-        # A retry counts one against the job rate; create counts each photo (``_take_rate``).
-        return [JobCreateThrottle()] if self.action == "retry" else []
+        return []  # create and retry count each photo against the job rate themselves
 
     @extend_schema(
         request={"multipart/form-data": CollectionCreateSerializer},
@@ -836,8 +838,14 @@ class CollectionViewSet(
     )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
+        collection = self.get_object()
+        wait = job_rate_take(user=request.user, count=max(1, collection.progress["failed"]))
+        if wait is not None:
+            raise TooManyJobs(f"Too many jobs for now; retry in {wait:.0f} seconds.", wait)
         try:
-            count = services.collection_retry(collection=self.get_object())
+            count = services.collection_retry(collection=collection)
+        except QuotaExceeded as exc:
+            raise refused(exc) from exc
         except services.ModelNotRunning as exc:
             raise ServiceUnavailable(str(exc)) from exc
         return Response({"count": count})
