@@ -235,3 +235,22 @@ def test_a_collection_retry_counts_each_failed_photo(owner, job_rate):
     response = alice.post(f"/api/collections/{collection['id']}/retry/")
     assert response.status_code == 429  # 2 failed photos, 1 left in the rate
     assert Job.objects.filter(status=Job.Status.FAILED).count() == 2
+
+
+# --- the worker -----------------------------------------------------------------------------
+
+
+def test_a_stored_file_of_no_photo_shape_fails_its_job_clearly_in_the_worker(owner):
+    from django.core.files.storage import default_storage
+
+    from segmentation import services
+    from tests.inference.test_image import png_header
+
+    job = create_job(owner)
+    # As if it had arrived past the upload check (an older server, a restored backup).
+    with default_storage.open(job.image.name, "wb") as f:
+        f.write(png_header(1, 39_000_000))
+    services.job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error == "The image is 1×39000000 pixels; each side must be at least 8 pixels."
