@@ -9,7 +9,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import TooManyFilesSent
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -26,7 +25,7 @@ from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
 from .models import Collection, Export, Job, UserClass, Webhook
 from .quotas import QuotaExceeded
-from .uploads import UploadError, describe_bytes
+from .uploads import RequestRefused, UploadError, describe_bytes
 
 MAX_FILES_PER_POST = 20
 
@@ -57,10 +56,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         return _upload_refused(request, UploadError(message, 413))
 
     form = UploadForm(request.POST, request.FILES)
-    try:
-        uploads = request.FILES.getlist("images")
-    except TooManyFilesSent:
-        uploads = [None] * (MAX_FILES_PER_POST + 1)
+    uploads = request.FILES.getlist("images")
     if not form.is_valid():
         message = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
         return _upload_refused(request, UploadError(message), form)
@@ -92,6 +88,8 @@ def upload(request: HttpRequest) -> HttpResponse:
     except services.CollectionRefused as exc:
         errors = [{"file": r["name"], "error": r["reason"]} for r in exc.rejected]
         return _upload_refused(request, exc, form, file_errors=errors)
+    except RequestRefused as exc:  # a quota, a busy server: about the request, not a photo
+        return _upload_refused(request, exc, form)
     except UploadError as exc:
         errors = [{"file": uploads[0].name, "error": exc.message}] if len(uploads) == 1 else []
         return _upload_refused(request, exc, form, file_errors=errors)
@@ -109,12 +107,9 @@ def _job_rate() -> str:
 
 def _upload_refused(request, error: UploadError, form=None, **extra) -> HttpResponse:
     """The upload page again, with why (a file's own error goes next to its name)."""
-    if extra.get("file_errors"):
-        context = _upload_context(form or UploadForm(), **extra)
-        if len(extra["file_errors"]) > 1 or isinstance(error, services.CollectionRefused):
-            context["form_error"] = error.message
-    else:
-        context = _upload_context(form or UploadForm(), form_error=error.message, **extra)
+    context = _upload_context(form or UploadForm(), **extra)
+    if not extra.get("file_errors") or isinstance(error, services.CollectionRefused):
+        context["form_error"] = error.message
     response = render(request, "segmentation/upload.html", context, status=error.status)
     if error.wait:
         response["Retry-After"] = str(max(1, round(error.wait)))
