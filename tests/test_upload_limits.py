@@ -148,12 +148,33 @@ def test_the_form_and_collections_obey_the_quotas(owner_client, owner, settings)
     assert not Job.objects.exists() and not Collection.objects.exists()
 
 
-def test_result_files_count_in_the_storage_quota(owner):
+def test_a_finished_jobs_result_files_count_in_the_storage_quota(owner, monkeypatch):
+    from django.core.files.storage import default_storage
+
+    from segmentation import services
     from segmentation.quotas import usage
 
-    job = succeed(create_job(owner))
-    Job.objects.filter(pk=job.pk).update(result_bytes=5000)
-    assert usage(owner=owner).stored_bytes == job.image_bytes + 5000
+    class NothingFound:
+        runtime = "torch"
+        precision = "fp32"
+
+        def predict(self, image, score_threshold):
+            return []
+
+    monkeypatch.setattr(
+        "segmentation.inference.load_segmenter", lambda name, **kwargs: NothingFound()
+    )
+    job = create_job(owner)
+    assert usage(owner=owner).stored_bytes == job.image_bytes
+    services.job_run(job_id=job.pk)
+    job.refresh_from_db()
+    results = sum(
+        default_storage.size(f.name) for f in (job.overlay, job.overlay_thumbnail, job.preview)
+    )
+    assert job.status == Job.Status.SUCCEEDED and results > 0
+    assert usage(owner=owner).stored_bytes == job.image_bytes + results
+    services.job_rerun(job=job)
+    assert usage(owner=owner).stored_bytes == job.image_bytes
 
 
 # --- decoding slots -------------------------------------------------------------------------
