@@ -1109,7 +1109,7 @@ def collection_create_from_photos(
     whole request is refused (``CollectionRefused``) and nothing is kept.
     """
     threshold, model_name = _collection_options(score_threshold, model)
-    quota_check(owner=owner, add_bytes=sum(u.size or 0 for u in uploads), add_jobs=len(uploads))
+    _collection_quota_check(owner, sum(u.size or 0 for u in uploads), len(uploads))
     members = (archives.Member(archives.display_name(u.name or "photo"), upload=u) for u in uploads)
     return _collection_fill(
         owner=owner,
@@ -1146,7 +1146,7 @@ def collection_create_from_archive(
         raise
     with zip_file:
         files = archives.photo_candidates(zip_file)
-        quota_check(owner=owner, add_bytes=sum(i.file_size for i in files), add_jobs=len(files))
+        _collection_quota_check(owner, sum(i.file_size for i in files), len(files))
         stem = archives.display_name(os.path.basename(archive.name or "")).rsplit(".", 1)[0]
         return _collection_fill(
             owner=owner,
@@ -1162,6 +1162,15 @@ def _collection_options(score_threshold: object, model: str | None) -> tuple[flo
     # Refused before any file is looked at: a bad option is the same for every photo.
     try:
         return validate_threshold(score_threshold), model_for_new_job(model)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
+
+
+def _collection_quota_check(owner: AbstractBaseUser, add_bytes: int, add_jobs: int) -> None:
+    # All the photos at once, before any is decoded: over quota, nothing is kept.
+    try:
+        quota_check(owner=owner, add_bytes=add_bytes, add_jobs=add_jobs)
     except UploadError as exc:
         upload_refusal_count(reason=exc.reason)
         raise
