@@ -198,7 +198,8 @@ SEGWEB = {
     "MAX_UPLOAD_BYTES": int(env.float("SEGWEB_MAX_UPLOAD_MB", default=25) * 1024 * 1024),
     "MAX_PIXELS": int(env.float("SEGWEB_MAX_MEGAPIXELS", default=40) * 1_000_000),
     # Images the web process decodes at once (uploads, re-drawn overlays); a request waits at
-    # most DECODE_WAIT_SECONDS for a slot, then gets 503. Each slot can take ~200 MB at 40 MP.
+    # most DECODE_WAIT_SECONDS for a slot, then gets 503. A slot holds up to ~170 MB (a 40 MP
+    # float TIFF; docs/benchmarks.md).
     "DECODE_SLOTS": env.int("SEGWEB_DECODE_SLOTS", default=2),
     "DECODE_WAIT_SECONDS": env.float("SEGWEB_DECODE_WAIT_SECONDS", default=5),
     # Per user: bytes of stored files (photos and results) and jobs waiting or running.

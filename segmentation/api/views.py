@@ -423,7 +423,7 @@ class JobViewSet(
         responses={
             202: JobSerializer,
             409: OpenApiResponse(ErrorSerializer, description="The job has not failed."),
-            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
+            429: OpenApiResponse(ErrorSerializer, description=UPLOAD_429),
             503: OpenApiResponse(ErrorSerializer, description="Its model cannot run now."),
             **ERRORS,
         },
@@ -830,7 +830,7 @@ class CollectionViewSet(
         request=None,
         responses={
             200: CountSerializer,
-            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
+            429: OpenApiResponse(ErrorSerializer, description=UPLOAD_429),
             503: OpenApiResponse(ErrorSerializer, description="Their model cannot run now."),
             **ERRORS,
         },
