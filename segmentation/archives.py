@@ -129,6 +129,12 @@ def _check_whole(archive: zipfile.ZipFile, limit: dict[str, int]) -> None:
             )
 
 
+def photo_candidates(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The members ``members`` will try as photos (not folders, not operating-system junk):
+    what the job rate and the quotas count for an archive, before anything is read."""
+    return [i for i in archive.infolist() if not i.is_dir() and not _is_junk(i.filename)]
+
+
 def members(archive: zipfile.ZipFile) -> Iterator[Member]:
     """The archive's files in order, each read into memory only when its turn comes."""
     max_member = settings.SEGWEB["MAX_UPLOAD_BYTES"]

@@ -179,6 +179,9 @@ class Job(Owned, models.Model):
     preview = models.FileField(
         max_length=255, blank=True, help_text="The photo at screen size, for the viewer."
     )
+    result_bytes = models.PositiveBigIntegerField(
+        default=0, help_text="Bytes of the overlay files and preview (for the storage quota)."
+    )
 
     hidden = models.BooleanField(default=False, help_text="Hidden from its owner by a moderator.")
     hidden_reason = models.TextField(blank=True)

@@ -53,7 +53,14 @@ from .models import (
     WebhookAttempt,
     WebhookDelivery,
 )
-from .uploads import THUMBNAIL_SIZE, UploadError, validate_threshold, validate_upload
+from .quotas import quota_check
+from .uploads import (
+    THUMBNAIL_SIZE,
+    RequestRefused,
+    UploadError,
+    validate_threshold,
+    validate_upload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +102,16 @@ def job_create(
 ) -> Job:
     """Validate an upload, store it and its thumbnail, create the job, queue it on commit.
 
-    Raises ``UploadError`` (bad input: 4xx) or ``StorageUnavailable`` (503). Either way nothing
-    is left behind: no row, no file.
+    Raises ``UploadError`` (bad input: 4xx; ``QuotaExceeded`` over a quota, checked before the
+    photo is decoded; 503 when no decoding slot frees) or ``StorageUnavailable`` (503). Either
+    way nothing is left behind: no row, no file.
     """
     try:
         threshold = validate_threshold(score_threshold)
         model_name = model_for_new_job(model)
         job_precision = precision_for_new_job(precision)
+        if upload is not None:
+            quota_check(owner=owner, add_bytes=upload.size or 0, add_jobs=1)
         image = validate_upload(upload)
     except UploadError as exc:
         upload_refusal_count(reason=exc.reason)
@@ -260,6 +270,9 @@ def job_run(*, job_id: uuid.UUID | str) -> None:
             if not preview:
                 preview = _save(f"previews/{job.owner_id}/{job.pk}.jpg", result.pictures.preview)
                 saved.append(preview)
+        result_bytes = result.pictures.overlay_png.size + result.pictures.overlay_thumbnail.size
+        if result.pictures.preview is not None and preview in saved:
+            result_bytes += result.pictures.preview.size
         job_succeed(
             job=job,
             detections=result.detections,
@@ -267,6 +280,7 @@ def job_run(*, job_id: uuid.UUID | str) -> None:
             overlay_thumbnail=overlay.thumbnail,
             overlay_threshold=overlay.threshold,
             preview=preview,
+            result_bytes=result_bytes,
             runtime=result.runtime,
             precision=result.precision,
             inference_ms=result.inference_ms,
@@ -448,6 +462,7 @@ def job_succeed(
     inference_ms: int,
     total_ms: int,
     precision: str = "fp32",
+    result_bytes: int = 0,
 ) -> None:
     """Record a finished job and its detections atomically (RUNNING -> SUCCEEDED).
 
@@ -482,6 +497,7 @@ def job_succeed(
                 job.score_threshold if overlay_threshold is None else overlay_threshold
             ),
             preview=preview or F("preview"),
+            result_bytes=F("result_bytes") + result_bytes,
             runtime=runtime,
             precision=precision,
             inference_ms=inference_ms,
@@ -614,15 +630,18 @@ def job_overlay_current(*, job: Job) -> Job:
     threshold = job.score_threshold
     if job.status != Job.Status.SUCCEEDED or job.overlay_threshold == threshold:
         return job
+    from .decoding import DecodeBusy, decode_slot
     from .inference import InvalidImageError
     from .masks import to_found_all
 
+    shown = to_found_all(job.detections.filter(score__gte=threshold).order_by("rank"))
     try:
-        image = _load_photo(job)
+        with decode_slot():  # the web process draws this: one of its decoding slots
+            pictures = _draw(_load_photo(job), shown, threshold, preview=False)
+    except DecodeBusy as exc:
+        raise StorageUnavailable(str(exc)) from exc
     except InvalidImageError as exc:  # the stored photo decoded once; it should again
         raise StorageUnavailable("The stored photo could not be read.") from exc
-    shown = to_found_all(job.detections.filter(score__gte=threshold).order_by("rank"))
-    pictures = _draw(image, shown, threshold, preview=False)
     saved: list[str] = []
     try:
         overlay = _save_overlay(job, pictures, saved)
@@ -668,6 +687,7 @@ def job_rerun(*, job: Job) -> Job:
             overlay="",
             overlay_thumbnail="",
             overlay_threshold=None,
+            result_bytes=0,  # the preview stays, uncounted: under 1 MB
             kept_min_score=Least(F("score_threshold"), settings.SEGWEB["KEEP_MIN_SCORE"]),
             runtime="",
             inference_ms=None,
@@ -700,6 +720,7 @@ def job_retry(*, job: Job) -> Job:
             f"The {job.model} model cannot run on this server right now ({broken}); "
             "retry once an administrator has fixed it."
         )
+    quota_check(owner=job.owner, add_bytes=0, add_jobs=1)
     with transaction.atomic():
         updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILED).update(
             status=Job.Status.QUEUED,
@@ -1101,6 +1122,7 @@ def collection_create_from_photos(
     whole request is refused (``CollectionRefused``) and nothing is kept.
     """
     threshold, model_name = _collection_options(score_threshold, model)
+    _collection_quota_check(owner, sum(u.size or 0 for u in uploads), len(uploads))
     members = (archives.Member(archives.display_name(u.name or "photo"), upload=u) for u in uploads)
     return _collection_fill(
         owner=owner,
@@ -1136,6 +1158,8 @@ def collection_create_from_archive(
         upload_refusal_count(reason=exc.reason)
         raise
     with zip_file:
+        files = archives.photo_candidates(zip_file)
+        _collection_quota_check(owner, sum(i.file_size for i in files), len(files))
         stem = archives.display_name(os.path.basename(archive.name or "")).rsplit(".", 1)[0]
         return _collection_fill(
             owner=owner,
@@ -1151,6 +1175,15 @@ def _collection_options(score_threshold: object, model: str | None) -> tuple[flo
     # Refused before any file is looked at: a bad option is the same for every photo.
     try:
         return validate_threshold(score_threshold), model_for_new_job(model)
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
+
+
+def _collection_quota_check(owner: AbstractBaseUser, add_bytes: int, add_jobs: int) -> None:
+    # All the photos at once, before any is decoded: over quota, nothing is kept.
+    try:
+        quota_check(owner=owner, add_bytes=add_bytes, add_jobs=add_jobs)
     except UploadError as exc:
         upload_refusal_count(reason=exc.reason)
         raise
@@ -1190,6 +1223,8 @@ def _collection_fill(
                     model=model_name,
                     collection=collection,
                 )
+            except RequestRefused:
+                raise  # over a quota, or the server is busy: the whole request, not this photo
             except UploadError as exc:
                 rejected.append({"name": member.name, "reason": exc.message})
             else:
@@ -1261,6 +1296,7 @@ def collection_retry(*, collection: Collection) -> int:
                 f"The {model} model cannot run on this server right now ({broken}); "
                 "retry once an administrator has fixed it."
             )
+    quota_check(owner=collection.owner, add_bytes=0, add_jobs=len(failed))
     if failed:
         Collection.objects.filter(pk=collection.pk).update(finished_at=None)
     retried = 0

@@ -24,11 +24,12 @@ from knox.models import get_token_model
 from . import files, health, metrics, results, search, services
 from .api.filters import JobFilter
 from .api.parsers import declared_length
-from .api.throttling import rate_wait
+from .api.throttling import job_rate_take, rate_wait
 from .coco_export import job_to_coco
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
 from .models import Collection, Export, Job, UserClass, Webhook
-from .uploads import UploadError, describe_bytes
+from .quotas import QuotaExceeded
+from .uploads import RequestRefused, UploadError, describe_bytes
 
 MAX_FILES_PER_POST = 20
 
@@ -43,7 +44,12 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
-    wants_json = "application/json" in request.headers.get("Accept", "")
+    """The upload form without JavaScript (with it, the page sends each photo to the API).
+
+    One photo becomes a job, several a collection, through the services the API calls, under
+    the same job rate counted per photo: the whole form is refused (429, nothing kept) when
+    the photos do not all fit in what is left of it.
+    """
     if request.method == "GET":
         return render(request, "segmentation/upload.html", _upload_context(UploadForm()))
 
@@ -51,93 +57,67 @@ def upload(request: HttpRequest) -> HttpResponse:
     if declared_length(request) > limit:
         # Refused before Django reads the body into temporary files.
         message = f"Too much data in one request (limit {describe_bytes(limit)})."
-        return _upload_refused(request, wants_json, message, 413)
+        return _upload_refused(request, UploadError(message, 413))
 
     form = UploadForm(request.POST, request.FILES)
     uploads = request.FILES.getlist("images")
     if not form.is_valid():
         message = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
-        return _upload_refused(request, wants_json, message, 400, form)
+        return _upload_refused(request, UploadError(message), form)
     if not uploads:
-        return _upload_refused(request, wants_json, "Choose at least one photo.", 400, form)
+        return _upload_refused(request, UploadError("Choose at least one photo."), form)
     if len(uploads) > MAX_FILES_PER_POST:
         message = f"At most {MAX_FILES_PER_POST} photos at once."
-        return _upload_refused(request, wants_json, message, 400, form)
-
-    if len(uploads) > 1 and not wants_json:
-        return _upload_collection(request, form, uploads)
-
-    created, errors = [], []
-    for upload_file in uploads:
-        try:
-            job = services.job_create(
-                owner=request.user,
-                upload=upload_file,
-                score_threshold=form.cleaned_data["score_threshold"],
-                model=form.cleaned_data["model"],
-                precision=form.cleaned_data.get("precision"),
-            )
-        except UploadError as exc:
-            errors.append({"file": upload_file.name, "error": exc.message, "status": exc.status})
-        except services.StorageUnavailable as exc:
-            errors.append({"file": upload_file.name, "error": str(exc), "status": 503})
-        else:
-            created.append(job)
-
-    if wants_json:
-        status = 201 if created else max(e["status"] for e in errors)
-        return JsonResponse(
-            {
-                "jobs": [
-                    {"id": str(j.pk), "url": reverse("job-detail", args=[j.pk])} for j in created
-                ],
-                "errors": [{"file": e["file"], "error": e["error"]} for e in errors],
-            },
-            status=status,
+        return _upload_refused(request, UploadError(message), form)
+    wait = job_rate_take(user=request.user, count=len(uploads))
+    if wait is not None:
+        message = (
+            f"Too many jobs for now: {len(uploads)} photo(s) do not fit in your job rate "
+            f"({_job_rate()}); nothing was uploaded. Try again in {wait:.0f} seconds."
         )
-    if not errors:
-        if len(created) == 1:
-            return redirect("job-detail", pk=created[0].pk)
-        messages.success(request, f"{len(created)} photos queued.")
-        return redirect("job-list")
-    if created:
-        messages.success(request, f"{len(created)} photo(s) queued.")
-    context = _upload_context(form, file_errors=errors)
-    return render(request, "segmentation/upload.html", context, status=_worst(errors))
+        return _upload_refused(request, UploadError(message, 429, wait=wait), form)
 
-
-def _upload_collection(request, form: UploadForm, uploads: list) -> HttpResponse:
-    """Several photos in one form post: one collection (each photo still through job_create)."""
+    options = {
+        "owner": request.user,
+        "score_threshold": form.cleaned_data["score_threshold"],
+        "model": form.cleaned_data["model"],
+    }
     try:
-        collection = services.collection_create_from_photos(
-            owner=request.user,
-            uploads=uploads,
-            score_threshold=form.cleaned_data["score_threshold"],
-            model=form.cleaned_data["model"],
-        )
+        if len(uploads) > 1:
+            collection = services.collection_create_from_photos(uploads=uploads, **options)
+        else:
+            job = services.job_create(
+                upload=uploads[0], precision=form.cleaned_data.get("precision"), **options
+            )
     except services.CollectionRefused as exc:
         errors = [{"file": r["name"], "error": r["reason"]} for r in exc.rejected]
-        context = _upload_context(form, form_error=exc.message, file_errors=errors)
-        return render(request, "segmentation/upload.html", context, status=400)
-    except (UploadError, services.StorageUnavailable) as exc:
-        code = getattr(exc, "status", 503)
-        context = _upload_context(form, form_error=getattr(exc, "message", str(exc)))
-        return render(request, "segmentation/upload.html", context, status=code)
+        return _upload_refused(request, exc, form, file_errors=errors)
+    except RequestRefused as exc:  # a quota, a busy server: about the request, not a photo
+        return _upload_refused(request, exc, form)
+    except UploadError as exc:
+        errors = [{"file": uploads[0].name, "error": exc.message}] if len(uploads) == 1 else []
+        return _upload_refused(request, exc, form, file_errors=errors)
+    except services.StorageUnavailable as exc:
+        return _upload_refused(request, UploadError(str(exc), 503), form)
+    if len(uploads) == 1:
+        return redirect("job-detail", pk=job.pk)
     messages.success(request, f"{collection.progress['total']} photos queued.")
     return redirect("collection-detail", pk=collection.pk)
 
 
-def _worst(errors: list[dict]) -> int:
-    return max(e["status"] for e in errors)
+def _job_rate() -> str:
+    return settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["job_create"]
 
 
-def _upload_refused(request, wants_json, message, status, form=None) -> HttpResponse:
-    if wants_json:
-        return JsonResponse(
-            {"jobs": [], "errors": [{"file": None, "error": message}]}, status=status
-        )
-    context = _upload_context(form or UploadForm(), form_error=message)
-    return render(request, "segmentation/upload.html", context, status=status)
+def _upload_refused(request, error: UploadError, form=None, **extra) -> HttpResponse:
+    """The upload page again, with why (a file's own error goes next to its name)."""
+    context = _upload_context(form or UploadForm(), **extra)
+    if not extra.get("file_errors") or isinstance(error, services.CollectionRefused):
+        context["form_error"] = error.message
+    response = render(request, "segmentation/upload.html", context, status=error.status)
+    if error.wait:
+        response["Retry-After"] = str(max(1, round(error.wait)))
+    return response
 
 
 def _upload_context(form: UploadForm, **extra) -> dict:
@@ -344,28 +324,17 @@ def job_delete(request: HttpRequest, pk) -> HttpResponse:
 def job_retry(request: HttpRequest, pk) -> HttpResponse:
     """The failed-job page's Retry button (the API's ``POST /api/jobs/{id}/retry/``, as a form)."""
     job = _job(request, pk, "change")
-    wait = job_rate_wait(request)
+    wait = job_rate_take(user=request.user, count=1)
     if wait is not None:
         messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
         return redirect("job-detail", pk=job.pk)
     try:
         services.job_retry(job=job)
-    except (services.IllegalTransition, services.ModelNotRunning) as exc:
+    except (services.IllegalTransition, services.ModelNotRunning, QuotaExceeded) as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, "Queued again.")
     return redirect("job-detail", pk=job.pk)
-
-
-def job_rate_wait(request: HttpRequest) -> float | None:
-    """Seconds this user must wait before the next job (the API's job rate), or None."""
-    from .api.throttling import ScopedThrottle
-
-    throttle = ScopedThrottle()
-    view = type("JobRate", (), {"throttle_scope": "job_create"})()
-    if throttle.allow_request(request, view):
-        return None
-    return throttle.wait() or 1.0
 
 
 @login_required
@@ -443,13 +412,13 @@ def collection_cancel(request: HttpRequest, pk) -> HttpResponse:
 @require_POST
 def collection_retry(request: HttpRequest, pk) -> HttpResponse:
     collection = _collection(request, pk, "change")
-    wait = job_rate_wait(request)
+    wait = job_rate_take(user=request.user, count=max(1, collection.progress["failed"]))
     if wait is not None:
         messages.error(request, f"Too many jobs for now; retry in {wait:.0f} seconds.")
         return redirect("collection-detail", pk=pk)
     try:
         count = services.collection_retry(collection=collection)
-    except services.ModelNotRunning as exc:
+    except (services.ModelNotRunning, QuotaExceeded) as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, f"{count} failed photo(s) queued again.")

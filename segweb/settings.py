@@ -258,6 +258,14 @@ USE_TZ = True
 SEGWEB = {
     "MAX_UPLOAD_BYTES": int(env.float("SEGWEB_MAX_UPLOAD_MB", default=25) * 1024 * 1024),
     "MAX_PIXELS": int(env.float("SEGWEB_MAX_MEGAPIXELS", default=40) * 1_000_000),
+    # Images the web process decodes at once (uploads, re-drawn overlays); a request waits at
+    # most DECODE_WAIT_SECONDS for a slot, then gets 503. A slot holds up to ~170 MB (a 40 MP
+    # float TIFF; docs/benchmarks.md).
+    "DECODE_SLOTS": env.int("SEGWEB_DECODE_SLOTS", default=2),
+    "DECODE_WAIT_SECONDS": env.float("SEGWEB_DECODE_WAIT_SECONDS", default=5),
+    # Per user: bytes of stored files (photos and results) and jobs waiting or running.
+    "QUOTA_BYTES": env.int("SEGWEB_QUOTA_BYTES", default=2 * 1024**3),
+    "QUOTA_QUEUED_JOBS": env.int("SEGWEB_QUOTA_QUEUED_JOBS", default=100),
     "DEFAULT_THRESHOLD": env.float("SEGWEB_DEFAULT_THRESHOLD", default=0.5),
     # Whether users may pick a job's precision (fp32, int8); else every job gets SEGWEB_PRECISION.
     "PRECISION_PER_JOB": env.bool("SEGWEB_PRECISION_PER_JOB", default=False),

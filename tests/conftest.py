@@ -33,6 +33,15 @@ def private_storage(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def fresh_rates():
+    """Every test starts with a full job rate: user ids repeat from test to test, and every
+    upload path counts against the rate."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def no_dns(monkeypatch):
     """No DNS lookups in tests: names other than localhost do not resolve (pytest-socket blocks
     connections, but the resolver talks to the network by itself). Webhook URLs are resolved

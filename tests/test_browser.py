@@ -123,7 +123,11 @@ def test_a_bad_file_gets_its_error_next_to_it(browser, segweb, tmp_path):
     bad = tmp_path / "holiday.jpg"
     bad.write_text("this is not a photo")
     page.set_input_files("#id_images", str(bad))
-    page.click("#upload-button")
+    # The page's script uses the public API with the session and its CSRF token.
+    with page.expect_request(lambda r: r.method == "POST") as sent:
+        page.click("#upload-button")
+    assert sent.value.url == f"{segweb}/api/jobs/"
+    assert sent.value.headers.get("x-csrftoken")
     item = page.locator(".file-item", has_text="holiday.jpg")
     item.locator(".file-state.error").wait_for()
     assert "not an image in a supported format" in item.inner_text()

@@ -134,19 +134,18 @@ def test_bad_files_get_their_error_next_to_their_name(owner_client, owner, priva
     assert Job.objects.filter(owner=owner).count() == 1  # the good photo still went through
 
 
-def test_json_upload_answers_per_file(owner_client, owner):
+def test_the_upload_form_has_no_json_mode_and_its_script_uses_the_public_api(owner_client, owner):
     response = owner_client.post(
         reverse("upload"),
         {"images": photo_upload(), "score_threshold": "0.5", "model": "auto"},
         headers={"Accept": "application/json"},
     )
-    assert response.status_code == 201
-    data = response.json()
     job = Job.objects.get(owner=owner)
-    assert data == {
-        "jobs": [{"id": str(job.pk), "url": reverse("job-detail", args=[job.pk])}],
-        "errors": [],
-    }
+    assert response.status_code == 302
+    assert response["Location"] == reverse("job-detail", args=[job.pk])
+    html = owner_client.get(reverse("upload")).content.decode()
+    assert f'data-api-url="{reverse("api-job-list")}"' in html
+    assert '<script type="module" src="/static/segmentation/upload.js">' in html
 
 
 @pytest.mark.parametrize(
@@ -162,9 +161,9 @@ def test_bad_options_are_refused_and_nothing_is_stored(
     owner_client, private_storage, fields, message
 ):
     data = {"images": [photo_upload()], **fields}
-    response = owner_client.post(reverse("upload"), data, headers={"Accept": "application/json"})
+    response = owner_client.post(reverse("upload"), data)
     assert response.status_code == 400
-    assert message in response.json()["errors"][0]["error"]
+    assert message in response.content.decode()
     assert not Job.objects.exists()
     assert stored_files(private_storage) == []
 
@@ -172,12 +171,10 @@ def test_bad_options_are_refused_and_nothing_is_stored(
 def test_oversized_upload_is_413(owner_client, settings, private_storage):
     settings.SEGWEB = {**settings.SEGWEB, "MAX_UPLOAD_BYTES": 10_000}
     response = owner_client.post(
-        reverse("upload"),
-        {"images": photo_upload(), "score_threshold": "0.5", "model": "auto"},
-        headers={"Accept": "application/json"},
+        reverse("upload"), {"images": photo_upload(), "score_threshold": "0.5", "model": "auto"}
     )
     assert response.status_code == 413
-    assert "limit" in response.json()["errors"][0]["error"]
+    assert "limit" in response.content.decode()
     assert not Job.objects.exists()
 
 
@@ -387,9 +384,8 @@ def test_unusual_but_valid_images_are_accepted(owner_client, owner):
         response = owner_client.post(
             reverse("upload"),
             {"images": SimpleUploadedFile(name, data), "score_threshold": "0.5", "model": "auto"},
-            headers={"Accept": "application/json"},
         )
-        assert response.status_code == 201, (name, response.content)
+        assert response.status_code == 302, (name, response.content)
     assert Job.objects.filter(owner=owner).count() == len(cases)
 
 

@@ -8,6 +8,7 @@ but not act on is a 403 saying why.
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 from django.conf import settings
@@ -35,10 +36,12 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import datasets, files, health, services
+from .. import archives, datasets, files, health, services
 from ..coco_export import job_to_coco
+from ..decoding import DecodeBusy, decode_slot
 from ..inference import COCO_LABELS, InvalidImageError
 from ..models import Collection, Detection, Export, Job, Webhook
+from ..quotas import QuotaExceeded
 from ..uploads import UploadError, describe_bytes
 from .exceptions import PayloadTooLarge
 from .filters import JobFilter
@@ -64,7 +67,7 @@ from .serializers import (
     WebhookDeliverySerializer,
     WebhookSerializer,
 )
-from .throttling import ScopedThrottle
+from .throttling import JobCreateThrottle, ScopedThrottle, job_rate_take
 
 ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="No valid token or session."),
@@ -81,6 +84,25 @@ REFUSED = {
 }
 
 
+# What an upload (a photo, several, an archive) can be refused with.
+UPLOAD_400 = (
+    "Not an acceptable photo or option: not an image, damaged, a side under 8 px, one side "
+    "more than 20 times the other, or more pixels than SEGWEB_MAX_MEGAPIXELS (all checked "
+    "from the header, before decoding)."
+)
+UPLOAD_413 = (
+    "A file or the request is larger than the limit, or it would pass your storage quota "
+    "(SEGWEB_QUOTA_BYTES; the message says the quota and your usage)."
+)
+UPLOAD_429 = (
+    "Too many jobs: the job rate (SEGWEB_JOB_CREATE_RATE, counted per photo) or your quota of "
+    "jobs waiting or running (SEGWEB_QUOTA_QUEUED_JOBS); see Retry-After."
+)
+UPLOAD_503 = (
+    "The file store is unavailable, or the server is busy decoding other photos "
+    "(SEGWEB_DECODE_SLOTS); see Retry-After."
+)
+
 # A paginated list: a bad page_size, or a page past the end.
 PAGE_ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="page_size is not 1 to 100."),
@@ -92,6 +114,22 @@ PAGE_ERRORS = {
 class ServiceUnavailable(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "A backing service is unavailable; try again shortly."
+
+
+class TooManyJobs(APIException):
+    """Over the job rate or the queued-jobs quota; ``wait`` becomes Retry-After."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, detail: str, wait: float) -> None:
+        super().__init__(detail)
+        self.wait = max(1, round(wait))
+
+
+class Busy(ServiceUnavailable):
+    def __init__(self, detail: str, wait: float) -> None:
+        super().__init__(detail)
+        self.wait = max(1, round(wait))
 
 
 class Conflict(APIException):
@@ -116,6 +154,10 @@ def refused(exc: Exception) -> APIException:
         return ValidationError({"detail": exc.message, "rejected": exc.rejected})
     if isinstance(exc, UploadError) and exc.status == 413:
         return PayloadTooLarge(exc.message)
+    if isinstance(exc, UploadError) and exc.status == 429:
+        return TooManyJobs(exc.message, exc.wait)
+    if isinstance(exc, UploadError) and exc.status == 503:
+        return Busy(exc.message, exc.wait)
     if isinstance(exc, UploadError):
         return ValidationError({"detail": exc.message})
     raise TypeError(f"not an upload error: {exc!r}")
@@ -314,7 +356,9 @@ class JobViewSet(
     def get_throttles(self):
         # A retry costs a worker what a new job costs: both count against the job rate; a
         # threshold change has its own rate (throttle_scope).
-        if self.action in ("create", "retry", "partial_update", "export"):
+        if self.action in ("create", "retry"):
+            return [JobCreateThrottle()]
+        if self.action in ("partial_update", "export"):
             return [ScopedThrottle()]
         return []
 
@@ -322,11 +366,11 @@ class JobViewSet(
         request={"multipart/form-data": JobCreateSerializer},
         responses={
             201: JobSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Not an acceptable photo or option."),
+            400: OpenApiResponse(ErrorSerializer, description=UPLOAD_400),
             401: ERRORS[401],
-            413: OpenApiResponse(ErrorSerializer, description="File larger than the limit."),
-            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
-            503: OpenApiResponse(ErrorSerializer, description="File store unavailable."),
+            413: OpenApiResponse(ErrorSerializer, description=UPLOAD_413),
+            429: OpenApiResponse(ErrorSerializer, description=UPLOAD_429),
+            503: OpenApiResponse(ErrorSerializer, description=UPLOAD_503),
         },
         summary="Upload a photo; it is segmented on the queue",
     )
@@ -380,7 +424,7 @@ class JobViewSet(
             202: JobSerializer,
             **REFUSED,
             409: OpenApiResponse(ErrorSerializer, description="The job has not failed."),
-            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
+            429: OpenApiResponse(ErrorSerializer, description=UPLOAD_429),
             503: OpenApiResponse(ErrorSerializer, description="Its model cannot run now."),
             **ERRORS,
         },
@@ -390,6 +434,8 @@ class JobViewSet(
         job = self.get_object()
         try:
             job = services.job_retry(job=job)
+        except QuotaExceeded as exc:
+            raise refused(exc) from exc
         except services.IllegalTransition as exc:
             raise Conflict(str(exc)) from exc
         except services.ModelNotRunning as exc:
@@ -457,11 +503,17 @@ class JobViewSet(
             _check_drawing_cost(job, len(datasets.shown_detections(job)))
         # Served (and closed) by the response; on disk past 32 MB.
         archive = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)  # noqa: SIM115
+        # Cut-outs decode the photo in this process: one of its decoding slots.
+        slot = decode_slot() if fmt == Export.Format.CUTOUTS else nullcontext()
         try:
-            datasets.write_dataset(archive, fmt, [job], description=f"segweb job {job.pk}")
+            with slot:
+                datasets.write_dataset(archive, fmt, [job], description=f"segweb job {job.pk}")
         except datasets.PhotoUnavailable as exc:
             archive.close()
             raise ServiceUnavailable(str(exc)) from exc
+        except DecodeBusy as exc:
+            archive.close()
+            raise Busy(str(exc), exc.wait) from exc
         archive.seek(0)
         name = f"{datasets.safe_stem(job)}-{fmt}.zip"
         return files.serve_bytes(archive, name, "application/zip", attachment=True)
@@ -541,9 +593,12 @@ class InstanceFileView(APIView):
             if kind == "mask":
                 data = datasets.mask_png(detection)
             else:
-                data = datasets.cutout_png(datasets.load_photo(job), detection)
+                with decode_slot():  # the photo is decoded in this process
+                    data = datasets.cutout_png(datasets.load_photo(job), detection)
         except (datasets.PhotoUnavailable, InvalidImageError) as exc:
             raise ServiceUnavailable("The stored photo could not be read.") from exc
+        except DecodeBusy as exc:
+            raise Busy(str(exc), exc.wait) from exc
         name = f"{datasets.safe_stem(job)}-{index}-{detection.label.replace(' ', '_')}-{kind}.png"
         attachment = request.query_params.get("download") == "1"
         return files.serve_bytes(data, name, "image/png", attachment=attachment)
@@ -692,9 +747,7 @@ class CollectionViewSet(
             raise NotFound("No such collection (or not yours).") from None
 
     def get_throttles(self):
-        # Like a job's retry, a collection's costs the workers: both count against the job rate
-        # (one request each until the rate is counted per photo).
-        return [ScopedThrottle()] if self.action in ("create", "retry") else []
+        return []  # create and retry count each photo against the job rate themselves
 
     @extend_schema(
         request={"multipart/form-data": CollectionCreateSerializer},
@@ -706,9 +759,17 @@ class CollectionViewSet(
                 "each), or a bad option.",
             ),
             401: ERRORS[401],
-            413: OpenApiResponse(ErrorSerializer, description="Archive or request too large."),
-            429: OpenApiResponse(ErrorSerializer, description="Too many uploads; see Retry-After."),
-            503: OpenApiResponse(ErrorSerializer, description="File store unavailable."),
+            413: OpenApiResponse(
+                ErrorSerializer,
+                description="Archive or request too large, or over your storage quota "
+                "(SEGWEB_QUOTA_BYTES).",
+            ),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description=UPLOAD_429 + " Every photo counts: nothing is kept when they do not "
+                "all fit.",
+            ),
+            503: OpenApiResponse(ErrorSerializer, description=UPLOAD_503),
         },
         summary="Upload a ZIP or several photos; each photo becomes a job of one collection",
     )
@@ -739,6 +800,7 @@ class CollectionViewSet(
             "model": options.validated_data.get("model"),
         }
         try:
+            self._take_rate(request, archive, images)
             if archive is not None:
                 collection = services.collection_create_from_archive(archive=archive, **common)
             else:
@@ -748,6 +810,27 @@ class CollectionViewSet(
         collection = self.get_queryset().get(pk=collection.pk)
         body = self.get_serializer(collection).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    @staticmethod
+    def _take_rate(request, archive, images: list) -> None:
+        """Draw every photo from the job rate before anything is kept: all fit, or a 429."""
+        if archive is not None:
+            try:
+                with archives.open_archive(archive) as zip_file:
+                    count = len(archives.photo_candidates(zip_file))
+            except UploadError as exc:
+                services.upload_refusal_count(reason=exc.reason)
+                raise
+        else:
+            count = len(images)
+        wait = job_rate_take(user=request.user, count=count)
+        if wait is not None:
+            rate = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["job_create"]
+            raise TooManyJobs(
+                f"{count} photo(s) do not fit in your job rate ({rate}); nothing was kept. "
+                f"Try again in {wait:.0f} seconds.",
+                wait,
+            )
 
     def perform_destroy(self, collection: Collection) -> None:
         services.collection_delete(collection=collection)
@@ -765,7 +848,7 @@ class CollectionViewSet(
         request=None,
         responses={
             200: CountSerializer,
-            429: OpenApiResponse(ErrorSerializer, description="Too many jobs; see Retry-After."),
+            429: OpenApiResponse(ErrorSerializer, description=UPLOAD_429),
             503: OpenApiResponse(ErrorSerializer, description="Their model cannot run now."),
             **REFUSED,
             **ERRORS,
@@ -774,8 +857,14 @@ class CollectionViewSet(
     )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
+        collection = self.get_object()
+        wait = job_rate_take(user=request.user, count=max(1, collection.progress["failed"]))
+        if wait is not None:
+            raise TooManyJobs(f"Too many jobs for now; retry in {wait:.0f} seconds.", wait)
         try:
-            count = services.collection_retry(collection=self.get_object())
+            count = services.collection_retry(collection=collection)
+        except QuotaExceeded as exc:
+            raise refused(exc) from exc
         except services.ModelNotRunning as exc:
             raise ServiceUnavailable(str(exc)) from exc
         return Response({"count": count})

@@ -14,6 +14,7 @@ either (the web process lists models and validates uploads with it): ``load_segm
 from .coco import COCO_LABELS
 from .detection import Detection
 from .errors import (
+    ImageShapeError,
     ImageTooLargeError,
     InferenceError,
     InvalidImageError,
@@ -38,6 +39,7 @@ __all__ = [
     "MODEL_NAMES",
     "Detection",
     "ImageInfo",
+    "ImageShapeError",
     "ImageTooLargeError",
     "InferenceError",
     "InvalidImageError",

@@ -13,6 +13,10 @@ class ImageTooLargeError(InvalidImageError):
     """The image has more pixels than the configured limit."""
 
 
+class ImageShapeError(InvalidImageError):
+    """The image's sides cannot be a photo's: too small, or far too long for their width."""
+
+
 class ModelUnavailableError(InferenceError):
     """The requested model is unknown, or cannot run here (missing package, weights or GPU)."""
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .errors import ImageTooLargeError, InvalidImageError
+from .errors import ImageShapeError, ImageTooLargeError, InvalidImageError
 
 try:  # HEIC/HEIF photos (iPhones) decode through pillow-heif when it is installed.
     from pillow_heif import register_heif_opener
@@ -25,6 +25,14 @@ else:
     register_heif_opener()
 
 DEFAULT_MAX_PIXELS = 40_000_000
+#: No photo is narrower than this or longer than ``MAX_ASPECT`` times its width (panoramas are
+#: about 6:1). Such files are refused from the header: a 1×39,000,000 PNG is 76 KB, yet decoding
+#: it cost the web process 1.2 GB and the worker crashed resizing it (cv2's ``inv_scale_x > 0``).
+MIN_SIDE = 8
+MAX_ASPECT = 20
+#: High-bit-depth images are brought to 8 bits this many rows at a time, so that no float copy
+#: of the whole image exists (a float64 copy of a 6300×6300 TIFF is 318 MB).
+CHUNK_ROWS = 64
 
 Image.init()  # register every plugin now: ``Image.open(formats=...)`` only looks at loaded ones
 
@@ -67,10 +75,12 @@ class ImageInfo:
 
 
 def open_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image lazily, refusing unsupported formats and too many pixels before decoding.
+    """Open an image lazily, refusing from its header (before decoding) what cannot be a photo.
 
     Raises:
         InvalidImageError: not an image, or not a format we accept.
+        ImageShapeError: a side under ``MIN_SIDE`` pixels, or longer than ``MAX_ASPECT`` times
+            the other.
         ImageTooLargeError: more than ``max_pixels`` pixels.
     """
     fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
@@ -80,22 +90,39 @@ def open_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(fp, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"The image is too large ({exc}).") from exc
+        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise ImageTooLargeError(
+            f"The image has over {bomb:.0f} megapixels (a decompression bomb?); "
+            f"the limit is {max_pixels / 1e6:g} megapixels."
+        ) from exc
     except FileNotFoundError as exc:
         raise InvalidImageError(f"No such file: {exc.filename}") from exc
     except IsADirectoryError as exc:
         raise InvalidImageError(f"Not a file: {exc.filename}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidImageError(_unsupported_message()) from exc
-    width, height = image.size
+    check_shape(*image.size, max_pixels=max_pixels)
+    return image
+
+
+def check_shape(width: int, height: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse sizes no photo has; raise ``ImageShapeError`` or ``ImageTooLargeError``."""
     if width < 1 or height < 1:
         raise InvalidImageError("The image has no pixels.")
+    if min(width, height) < MIN_SIDE:
+        raise ImageShapeError(
+            f"The image is {width}×{height} pixels; each side must be at least {MIN_SIDE} pixels."
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageShapeError(
+            f"The image is {width}×{height} pixels: one side is more than {MAX_ASPECT} times "
+            "the other, which no photo is."
+        )
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"The image is {width}×{height} = {width * height / 1e6:.1f} megapixels; "
             f"the limit is {max_pixels / 1e6:g} megapixels."
         )
-    return image
 
 
 def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -116,9 +143,7 @@ def inspect_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
     """
     with open_image(source, max_pixels=max_pixels) as image:
         decode(image)
-        width, height = image.size
-        if _orientation(image) in _SWAPS_AXES:
-            width, height = height, width
+        width, height = upright_size(image)
         return ImageInfo(format=image.format, width=width, height=height, mode=image.mode)
 
 
@@ -150,6 +175,17 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied."""
+    width, height = image.size
+    return (height, width) if _orientation(image) in _SWAPS_AXES else (width, height)
+
+
+def orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 when it has none, or a broken one)."""
+    return _orientation(image)
+
+
 def apply_orientation(image: Image.Image) -> Image.Image:
     """Rotate/flip the image as its EXIF orientation says (no copy when there is nothing to do)."""
     if _orientation(image) in (1, 0):
@@ -158,6 +194,24 @@ def apply_orientation(image: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - as above: show the photo as stored rather than fail
         return image
+
+
+def orient(image: Image.Image, exif_orientation: int) -> Image.Image:
+    """Turn ``image`` upright as EXIF orientation ``exif_orientation`` says, for pixels that no
+    longer carry their EXIF block (a thumbnail made from the stored pixels)."""
+    method = _TRANSPOSE.get(exif_orientation)
+    return image.transpose(method) if method is not None else image
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -171,9 +225,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        gray = _to_8bit(np.asarray(image), mode)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode in HIGH_BIT_DEPTH_MODES:
+        return to_8bit(image).convert("RGB")
     if mode == "CMYK":
         return _cmyk_to_rgb(image)
     if mode in ("P", "PA") or "transparency" in image.info:
@@ -187,21 +240,58 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
-    values = values.astype(np.float64)
-    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(values.min()), float(values.max())
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(image: Image.Image, value_range: tuple[float, float] | None = None) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit grey (mode ``L``).
+
+    Converted ``CHUNK_ROWS`` rows at a time into one uint8 array: the extra memory is the 8-bit
+    result plus one chunk, never a float copy of the whole image. The scale (16-bit data to
+    8 bits, floats in [0, 1] by 255, other ranges stretched) is chosen from ``value_range``:
+    by default the image's own (``pixel_range``); a thumbnail passes its full image's.
+    """
+    mode = image.mode
+    width, height = image.size
     if mode.startswith("I;16"):
         scale, offset = 255.0 / 65535.0, 0.0
-    elif mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scale, offset = 255.0, 0.0
-    elif lo >= 0.0 and hi <= 255.0:
-        scale, offset = 1.0, 0.0
-    elif mode == "I" and lo >= 0.0 and hi <= 65535.0:  # 16-bit data held in a 32-bit image
-        scale, offset = 255.0 / 65535.0, 0.0
     else:
-        scale, offset = (255.0 / (hi - lo) if hi > lo else 0.0), lo
-    return np.clip(np.rint((values - offset) * scale), 0, 255).astype(np.uint8)
+        lo, hi = value_range or pixel_range(image)
+        if mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scale, offset = 255.0, 0.0
+        elif lo >= 0.0 and hi <= 255.0:
+            scale, offset = 1.0, 0.0
+        elif mode == "I" and lo >= 0.0 and hi <= 65535.0:  # 16-bit data in a 32-bit image
+            scale, offset = 255.0 / 65535.0, 0.0
+        else:
+            scale, offset = (255.0 / (hi - lo) if hi > lo else 0.0), lo
+    out = np.empty((height, width), dtype=np.uint8)
+    for top, chunk in _row_chunks(image):
+        values = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
+        values -= offset
+        values *= scale
+        np.rint(values, out=values)
+        np.clip(values, 0, 255, out=values)
+        out[top : top + len(values)] = values
+    return Image.fromarray(out, mode="L")
+
+
+def _row_chunks(image: Image.Image):
+    """(top row, float32 copy of ``CHUNK_ROWS`` rows) for the whole image, top to bottom."""
+    width, height = image.size
+    for top in range(0, height, CHUNK_ROWS):
+        rows = image.crop((0, top, width, min(top + CHUNK_ROWS, height)))
+        yield top, np.asarray(rows).astype(np.float32)
+
+
+def pixel_range(image: Image.Image) -> tuple[float, float]:
+    """The lowest and highest finite values of a high-bit-depth image, read in chunks."""
+    lo, hi = np.inf, -np.inf
+    for _, chunk in _row_chunks(image):
+        finite = chunk[np.isfinite(chunk)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (0.0, 0.0) if lo > hi else (lo, hi)
 
 
 def _cmyk_to_rgb(image: Image.Image) -> Image.Image:

@@ -14,6 +14,7 @@ from segmentation import services
 from segmentation.models import Job
 from tests.api.test_jobs import api_client
 from tests.conftest import image_bytes, stored_files
+from tests.inference.test_image import png_header
 from tests.photos import CHELSEA, ROCKET
 
 pytestmark = pytest.mark.django_db
@@ -167,3 +168,43 @@ def test_unusual_but_valid_photos_are_accepted_and_segmented_right(alice):
         assert "cat" in job["labels"], name
         box = job["detections"][0]["box"]
         assert box[2] > box[0] and box[3] > box[1], name
+
+
+HOSTILE_SHAPES = {
+    "1x39,000,000 strip": ((1, 39_000_000), "at least 8 pixels"),
+    "long strip 30:1": ((3000, 100), "more than 20 times the other"),
+    "tiny 4x4": ((4, 4), "at least 8 pixels"),
+    "over the pixel limit": ((8000, 8000), "the limit is 40 megapixels"),
+    "decompression bomb": ((20000, 20000), "a decompression bomb?); the limit is 40 megapixels"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_SHAPES, ids=list(HOSTILE_SHAPES))
+def test_shapes_no_photo_has_are_refused_from_the_header_before_decoding(
+    alice, private_storage, monkeypatch, case
+):
+    (width, height), message = HOSTILE_SHAPES[case]
+
+    def no_decoding(image):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr("segmentation.uploads.decode", no_decoding)
+    response = alice.post("/api/jobs/", {"image": upload("x.png", png_header(width, height))})
+    assert response.status_code == 400, response.content
+    assert message in response.json()["detail"]
+    assert f"{width}×{height}" in response.json()["detail"] or "bomb" in case
+    assert not Job.objects.exists()
+    assert stored_files(private_storage) == []
+
+
+def test_a_float32_tiff_becomes_the_right_8_bit_thumbnail(alice):
+    ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (64, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(ramp, mode="F").save(buffer, "TIFF")
+    response = alice.post("/api/jobs/", {"image": upload("ramp.tiff", buffer.getvalue())})
+    assert response.status_code == 201, response.content
+    job = Job.objects.get()
+    assert (job.width, job.height, job.image_format) == (256, 64, "TIFF")
+    with job.thumbnail.open("rb") as f:
+        thumbnail = np.asarray(Image.open(f).convert("L"), dtype=int)
+    assert abs(thumbnail[:, 0].mean() - 0) < 6 and abs(thumbnail[:, -1].mean() - 255) < 6

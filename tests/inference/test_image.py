@@ -141,3 +141,64 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_inspect_reports_format_and_extension():
     info = inspect_image(ROCKET)
     assert (info.format, info.extension, info.width, info.height) == ("JPEG", "jpg", 640, 427)
+
+
+def test_a_float32_tiff_decodes_to_the_right_uint8_image(monkeypatch):
+    from segmentation.inference import image as image_module
+
+    array = np.linspace(-2.0, 6.0, 300 * 40, dtype=np.float32).reshape(40, 300)
+    array[0, 0] = np.nan
+    data = encode(Image.fromarray(array, mode="F"), "TIFF")
+    monkeypatch.setattr(image_module, "CHUNK_ROWS", 7)  # several chunks, a short last one
+    loaded = load_image(data)
+    assert loaded.mode == "RGB" and loaded.size == (300, 40)
+    values = np.asarray(loaded)[..., 0].astype(int)
+    expected = np.clip(np.rint((np.nan_to_num(array) + 2.0) * 255 / 8.0), 0, 255)
+    assert np.abs(values - expected).max() <= 1
+    assert values[0, 0] == 64  # NaN counts as 0.0, stretched like the rest
+
+
+def test_high_bit_depth_conversion_makes_no_whole_image_float_copy():
+    import tracemalloc
+
+    from segmentation.inference.image import to_8bit
+
+    image = Image.fromarray(np.random.default_rng(0).random((2000, 1000), dtype=np.float32) * 9)
+    tracemalloc.start()
+    try:
+        gray = to_8bit(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert gray.mode == "L" and gray.size == (1000, 2000)
+    # The 8-bit result (2 MB) and a few chunks; a float64 copy alone would be 16 MB.
+    assert peak < 6_000_000, peak
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((7, 100), "at least 8 pixels"),
+        ((100, 2001), "more than 20 times"),
+        ((1, 39_000_000), "at least 8 pixels"),
+    ],
+)
+def test_the_worker_refuses_shapes_no_photo_has_clearly(size, message):
+    from segmentation.inference import ImageShapeError
+
+    with pytest.raises(ImageShapeError, match=message):
+        load_image(png_header(*size))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and header, enough to be opened (never decoded): any size, instantly."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
