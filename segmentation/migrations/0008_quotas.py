@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("segmentation", "0006_precision")]
+    dependencies = [("segmentation", "0007_tokens")]
 
     operations = [
         migrations.AddField(
