@@ -38,6 +38,7 @@ def rate_wait(request, scope: str) -> float | None:
         return None
     return throttle.wait() or 1.0
 
+
 class JobCreateThrottle(ScopedThrottle):
     """The job rate (``SEGWEB_JOB_CREATE_RATE``), counted per photo: one bucket per user that
     ``POST /api/jobs/``, ``POST /api/collections/``, retries and the upload form all draw from.
