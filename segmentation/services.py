@@ -1288,7 +1288,8 @@ def collection_retry(*, collection: Collection) -> int:
     Raises ``ModelNotRunning`` (503) before retrying anything when a failed job's model cannot
     run on this server now.
     """
-    failed = list(Job.objects.filter(collection=collection, status=Job.Status.FAILED))
+    # A job a moderator hid is not its owner's to run again (the admin's "Run again" is).
+    failed = list(Job.objects.filter(collection=collection, status=Job.Status.FAILED, hidden=False))
     for model in {job.model for job in failed}:
         broken = health.broken_models().get(model)
         if broken is not None:

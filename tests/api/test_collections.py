@@ -387,6 +387,26 @@ def test_cancel_fails_queued_jobs_and_leaves_running_ones(alice, collection):
     assert services.job_claim(job_id=queued.pk) is None  # its queue message finds nothing to do
 
 
+def test_retry_leaves_a_job_a_moderator_hid_alone(
+    alice, collection, staff, django_capture_on_commit_callbacks
+):
+    from segmentation import services
+
+    hidden, other = Job.objects.filter(collection=collection)
+    with django_capture_on_commit_callbacks(execute=True):
+        fail(hidden)
+        fail(other)
+    services.job_hide(job=hidden, by=staff, reason="Not a photo for this service.")
+
+    with django_capture_on_commit_callbacks():
+        response = alice.post(f"/api/collections/{collection.pk}/retry/")
+
+    assert response.json() == {"count": 1}
+    hidden.refresh_from_db()
+    other.refresh_from_db()
+    assert (hidden.status, other.status) == ("failed", "queued")
+
+
 def test_retry_queues_the_failed_jobs_again(alice, collection, django_capture_on_commit_callbacks):
     first, second = Job.objects.filter(collection=collection)
     with django_capture_on_commit_callbacks(execute=True):
