@@ -12,11 +12,14 @@ const folderInput = document.getElementById("id_folder");
 const list = document.getElementById("file-list");
 const progress = document.getElementById("upload-progress");
 const button = document.getElementById("upload-button");
-const limits = {
-  photoBytes: Number(form?.dataset.maxBytes || 0),
-  files: Number(form?.dataset.archiveMaxFiles || 0),
-  bytes: Number(form?.dataset.archiveMaxBytes || 0),
-};
+/** The server's limits, which the page states on the form. */
+function limits() {
+  return {
+    photoBytes: Number(form.dataset.maxBytes || 0),
+    files: Number(form.dataset.archiveMaxFiles || 0),
+    bytes: Number(form.dataset.archiveMaxBytes || 0),
+  };
+}
 const PHOTO_EXTENSIONS = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"];
 const PLACEHOLDER = "00000000-0000-0000-0000-000000000000";
 
@@ -91,9 +94,10 @@ function show() {
 
 function choose(files, folder = "") {
   folderName = folder;
+  const { photoBytes, bytes } = limits();
   items = Array.from(files).map((file) => {
     const kind = kindOf(file);
-    const limit = kind === "zip" ? limits.bytes : kind === "photo" ? limits.photoBytes : 0;
+    const limit = kind === "zip" ? bytes : kind === "photo" ? photoBytes : 0;
     const problem = limit && file.size > limit ? "too large (limit " + human(limit) + "), not sent" : "";
     return { file, kind, problem };
   });
@@ -183,11 +187,12 @@ function sendArchive(i) {
 
 /** Why the photos cannot go in one request, before sending megabytes the server would refuse. */
 function overLimits(indexes) {
+  const limit = limits();
   const bytes = indexes.reduce((sum, i) => sum + items[i].file.size, 0);
-  if (indexes.length <= limits.files && bytes <= limits.bytes) return "";
+  if (indexes.length <= limit.files && bytes <= limit.bytes) return "";
   return indexes.length + " photos (" + human(bytes) + ") are more than one upload takes (at most " +
-    limits.files + " photos and " + human(limits.bytes) + "): send them in several parts, for " +
-    "example as several ZIPs.";
+    limit.files + " photos and " + human(limit.bytes) + "): nothing was sent. Send them in " +
+    "several parts, for example as several ZIPs.";
 }
 
 async function submit() {
