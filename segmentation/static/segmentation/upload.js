@@ -210,7 +210,7 @@ async function submit() {
     return result.error;
   };
   let errors = [];
-  if (photos.length === 1 && !zips.length) {
+  if (photos.length === 1 && !zips.length && !folderName) {
     errors.push(report(await sendJob(photos[0]), photos[0]));
   } else if (photos.length) {
     const result = await sendPhotos(photos);
