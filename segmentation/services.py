@@ -1171,6 +1171,17 @@ def collection_create_from_archive(
         )
 
 
+def archive_photo_count(*, archive: UploadedFile) -> int:
+    """How many photos a ZIP holds, to draw each from the job rate before anything is kept
+    (the API and the upload form both do). A refused archive is counted and raised."""
+    try:
+        with archives.open_archive(archive) as zip_file:
+            return len(archives.photo_candidates(zip_file))
+    except UploadError as exc:
+        upload_refusal_count(reason=exc.reason)
+        raise
+
+
 def _collection_options(score_threshold: object, model: str | None) -> tuple[float, str]:
     # Refused before any file is looked at: a bad option is the same for every photo.
     try:

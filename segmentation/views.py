@@ -44,16 +44,20 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
-    """The upload form without JavaScript (with it, the page sends each photo to the API).
+    """The upload form without JavaScript (with it, the page sends the photos to the API).
 
-    One photo becomes a job, several a collection, through the services the API calls, under
-    the same job rate counted per photo: the whole form is refused (429, nothing kept) when
-    the photos do not all fit in what is left of it.
+    One photo becomes a job, several a collection, one ZIP a collection of its photos, through
+    the services the API calls, under the same job rate counted per photo: the whole form is
+    refused (429, nothing kept) when the photos do not all fit in what is left of it.
     """
     if request.method == "GET":
         return render(request, "segmentation/upload.html", _upload_context(UploadForm()))
 
-    limit = settings.SEGWEB["MAX_UPLOAD_BYTES"] * MAX_FILES_PER_POST
+    # Several photos, or one ZIP (with room for the form fields).
+    limit = max(
+        settings.SEGWEB["MAX_UPLOAD_BYTES"] * MAX_FILES_PER_POST,
+        settings.SEGWEB["ARCHIVE_MAX_BYTES"] + 1024 * 1024,
+    )
     if declared_length(request) > limit:
         # Refused before Django reads the body into temporary files.
         message = f"Too much data in one request (limit {describe_bytes(limit)})."
@@ -69,21 +73,24 @@ def upload(request: HttpRequest) -> HttpResponse:
     if len(uploads) > MAX_FILES_PER_POST:
         message = f"At most {MAX_FILES_PER_POST} photos at once."
         return _upload_refused(request, UploadError(message), form)
-    wait = job_rate_take(user=request.user, count=len(uploads))
-    if wait is not None:
-        message = (
-            f"Too many jobs for now: {len(uploads)} photo(s) do not fit in your job rate "
-            f"({_job_rate()}); nothing was uploaded. Try again in {wait:.0f} seconds."
-        )
-        return _upload_refused(request, UploadError(message, 429, wait=wait), form)
-
+    archive = uploads[0] if len(uploads) == 1 and _is_zip(uploads[0]) else None
     options = {
         "owner": request.user,
         "score_threshold": form.cleaned_data["score_threshold"],
         "model": form.cleaned_data["model"],
     }
     try:
-        if len(uploads) > 1:
+        count = len(uploads) if archive is None else services.archive_photo_count(archive=archive)
+        wait = job_rate_take(user=request.user, count=count)
+        if wait is not None:
+            message = (
+                f"Too many jobs for now: {count} photo(s) do not fit in your job rate "
+                f"({_job_rate()}); nothing was uploaded. Try again in {wait:.0f} seconds."
+            )
+            raise RequestRefused(message, 429, wait=wait)
+        if archive is not None:
+            collection = services.collection_create_from_archive(archive=archive, **options)
+        elif len(uploads) > 1:
             collection = services.collection_create_from_photos(uploads=uploads, **options)
         else:
             job = services.job_create(
@@ -92,17 +99,25 @@ def upload(request: HttpRequest) -> HttpResponse:
     except services.CollectionRefused as exc:
         errors = [{"file": r["name"], "error": r["reason"]} for r in exc.rejected]
         return _upload_refused(request, exc, form, file_errors=errors)
-    except RequestRefused as exc:  # a quota, a busy server: about the request, not a photo
+    except RequestRefused as exc:  # a quota, the job rate, a busy server: not about a photo
         return _upload_refused(request, exc, form)
     except UploadError as exc:
         errors = [{"file": uploads[0].name, "error": exc.message}] if len(uploads) == 1 else []
         return _upload_refused(request, exc, form, file_errors=errors)
     except services.StorageUnavailable as exc:
         return _upload_refused(request, UploadError(str(exc), 503), form)
-    if len(uploads) == 1:
+    if archive is None and len(uploads) == 1:
         return redirect("job-detail", pk=job.pk)
     messages.success(request, f"{collection.progress['total']} photos queued.")
     return redirect("collection-detail", pk=collection.pk)
+
+
+def _is_zip(upload) -> bool:
+    """A ZIP by its name or its first bytes (a local file header); anything else is a photo."""
+    upload.seek(0)
+    head = upload.read(4)
+    upload.seek(0)
+    return head == b"PK\x03\x04" or (upload.name or "").lower().endswith(".zip")
 
 
 def _job_rate() -> str:
@@ -127,6 +142,9 @@ def _upload_context(form: UploadForm, **extra) -> dict:
         "max_bytes": settings.SEGWEB["MAX_UPLOAD_BYTES"],
         "max_megapixels": settings.SEGWEB["MAX_PIXELS"] / 1e6,
         "max_files": MAX_FILES_PER_POST,
+        "archive_max_files": settings.SEGWEB["ARCHIVE_MAX_MEMBERS"],
+        "archive_max_bytes": settings.SEGWEB["ARCHIVE_MAX_BYTES"],
+        "archive_max": describe_bytes(settings.SEGWEB["ARCHIVE_MAX_BYTES"]),
         "unavailable_models": unavailable_models(),
         **extra,
     }

@@ -12,7 +12,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from segmentation import decoding
 from segmentation.models import Collection, Job
 from tests.api.test_jobs import api_client
-from tests.conftest import photo_upload, stored_files
+from tests.conftest import image_bytes, photo_upload, stored_files
 from tests.factories import create_job, succeed
 from tests.photos import CHELSEA, ROCKET
 
@@ -93,6 +93,24 @@ def test_a_collection_counts_every_photo_and_keeps_nothing_over_the_rate(owner, 
     assert not Job.objects.exists() and not Collection.objects.exists()
     images = [photo_upload(), photo_upload(CHELSEA)]
     assert alice.post("/api/collections/", {"images": images}).status_code == 201
+
+
+def test_a_zip_through_the_form_counts_each_of_its_photos_and_keeps_nothing_over_the_rate(
+    owner_client, owner, job_rate, private_storage
+):
+    from tests.api.test_collections import zip_upload
+
+    job_rate("2/min")
+    photos = {"a.png": image_bytes(), "b.png": image_bytes(), "c.png": image_bytes()}
+    response = owner_client.post(reverse("upload"), form(zip_upload(photos)))
+    assert response.status_code == 429
+    assert "3 photo(s) do not fit" in response.content.decode()
+    assert int(response["Retry-After"]) > 0
+    assert not Collection.objects.exists() and not Job.objects.exists()
+    assert stored_files(private_storage) == []
+    del photos["c.png"]
+    assert owner_client.post(reverse("upload"), form(zip_upload(photos))).status_code == 302
+    assert api_client(owner).post("/api/jobs/", {"image": photo_upload()}).status_code == 429
 
 
 # --- quotas ---------------------------------------------------------------------------------

@@ -148,6 +148,64 @@ def test_the_upload_form_has_no_json_mode_and_its_script_uses_the_public_api(own
     assert '<script type="module" src="/static/segmentation/upload.js">' in html
 
 
+def zip_form(members: dict[str, bytes], name: str = "holiday.zip") -> dict:
+    from tests.api.test_collections import zip_upload
+
+    return {"images": zip_upload(members, name=name), "score_threshold": "0.5", "model": "auto"}
+
+
+def test_one_zip_through_the_form_becomes_a_collection_of_its_photos(owner_client, owner):
+    members = {"a/coffee.png": image_bytes(), "b/chelsea.png": image_bytes(), "notes.txt": b"hi"}
+    response = owner_client.post(reverse("upload"), zip_form(members))
+    collection = Collection.objects.get(owner=owner)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("collection-detail", args=[collection.pk])
+    assert collection.name == "holiday"
+    assert Job.objects.filter(owner=owner, collection=collection).count() == 2
+    assert [r["name"] for r in collection.rejected] == ["notes.txt"]
+
+
+def test_a_zip_is_known_by_its_first_bytes_whatever_its_name(owner_client, owner):
+    members = {"coffee.png": image_bytes(), "chelsea.png": image_bytes()}
+    response = owner_client.post(reverse("upload"), zip_form(members, name="photos.bin"))
+    assert response.status_code == 302
+    assert Job.objects.filter(owner=owner, collection__isnull=False).count() == 2
+
+
+@pytest.mark.parametrize(
+    ("members", "name", "message"),
+    [
+        ({"a.png": b"png", "bomb.bmp": b"\x00" * (50 * 1024 * 1024)}, "bomb.zip", "zip bomb"),
+        (None, "fake.zip", "not a ZIP archive"),
+    ],
+)
+def test_a_refused_zip_says_why_on_the_page_and_keeps_nothing(
+    owner_client, private_storage, members, name, message
+):
+    if members is None:
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        form = {"images": SimpleUploadedFile(name, b"hello, this is text"), "model": "auto"}
+        form["score_threshold"] = "0.5"
+    else:
+        form = zip_form(members, name=name)
+    response = owner_client.post(reverse("upload"), form)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert name in html and message in html
+    assert not Collection.objects.exists() and not Job.objects.exists()
+    assert stored_files(private_storage) == []
+
+
+def test_the_upload_page_accepts_zips_and_folders(owner_client):
+    html = owner_client.get(reverse("upload")).content.decode()
+    assert 'accept="image/*,.heic,.heif,.zip,application/zip"' in html
+    assert "webkitdirectory" in html
+    assert "Drop photos, a folder or a ZIP" in html
+    assert 'data-archive-max-files="500"' in html
+    assert f'data-collection-api-url="{reverse("api-collection-list")}"' in html
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

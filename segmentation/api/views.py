@@ -36,7 +36,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import archives, datasets, files, health, services
+from .. import datasets, files, health, services
 from ..coco_export import job_to_coco
 from ..decoding import DecodeBusy, decode_slot
 from ..inference import COCO_LABELS, InvalidImageError
@@ -814,15 +814,7 @@ class CollectionViewSet(
     @staticmethod
     def _take_rate(request, archive, images: list) -> None:
         """Draw every photo from the job rate before anything is kept: all fit, or a 429."""
-        if archive is not None:
-            try:
-                with archives.open_archive(archive) as zip_file:
-                    count = len(archives.photo_candidates(zip_file))
-            except UploadError as exc:
-                services.upload_refusal_count(reason=exc.reason)
-                raise
-        else:
-            count = len(images)
+        count = len(images) if archive is None else services.archive_photo_count(archive=archive)
         wait = job_rate_take(user=request.user, count=count)
         if wait is not None:
             rate = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["job_create"]
