@@ -56,3 +56,17 @@ def fail(job: Job, message="The model could not run.") -> Job:
     services.job_fail(job=claimed, message=message)
     job.refresh_from_db()
     return job
+
+
+class NothingFound:
+    """A model that runs at once and finds nothing: the worker's whole path without a network."""
+
+    runtime = "torch"
+    precision = "fp32"
+
+    def predict(self, image, score_threshold):
+        return []
+
+
+def model_finds_nothing(monkeypatch) -> None:
+    monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name, **kw: NothingFound())

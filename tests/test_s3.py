@@ -22,7 +22,7 @@ from django.urls import reverse
 from segmentation import services
 from segmentation.models import Job
 from tests.conftest import image_bytes, photo_upload, stored_files
-from tests.factories import create_job, succeed
+from tests.factories import create_job, model_finds_nothing, succeed
 from tests.live import free_port
 from tests.s3 import storage_options
 
@@ -118,16 +118,7 @@ def test_deleting_a_job_deletes_its_objects(
 def test_a_worker_reads_the_photo_from_s3_and_writes_the_overlay_there(
     owner, seaweedfs, s3_storage, monkeypatch
 ):
-    class NothingFound:
-        runtime = "torch"
-        precision = "fp32"
-
-        def predict(self, image, score_threshold):
-            return []
-
-    monkeypatch.setattr(
-        "segmentation.inference.load_segmenter", lambda name, **kwargs: NothingFound()
-    )
+    model_finds_nothing(monkeypatch)
     job = create_job(owner)
     services.job_run(job_id=job.pk)
     job.refresh_from_db()

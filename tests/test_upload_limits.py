@@ -13,7 +13,7 @@ from segmentation import decoding
 from segmentation.models import Collection, Job
 from tests.api.test_jobs import api_client
 from tests.conftest import image_bytes, photo_upload, stored_files
-from tests.factories import create_job, succeed
+from tests.factories import create_job, model_finds_nothing, succeed
 from tests.photos import CHELSEA, ROCKET
 
 pytestmark = pytest.mark.django_db
@@ -172,16 +172,7 @@ def test_a_finished_jobs_result_files_count_in_the_storage_quota(owner, monkeypa
     from segmentation import services
     from segmentation.quotas import usage
 
-    class NothingFound:
-        runtime = "torch"
-        precision = "fp32"
-
-        def predict(self, image, score_threshold):
-            return []
-
-    monkeypatch.setattr(
-        "segmentation.inference.load_segmenter", lambda name, **kwargs: NothingFound()
-    )
+    model_finds_nothing(monkeypatch)
     job = create_job(owner)
     assert usage(owner=owner).stored_bytes == job.image_bytes
     services.job_run(job_id=job.pk)
