@@ -55,7 +55,7 @@ def maskrcnn(maskrcnn_weights_dir):
     for the whole run (a test that takes it is marked ``slow``)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEGWEB_WEIGHTS_DIR", str(maskrcnn_weights_dir))
-        return load_segmenter(MASKRCNN, device="cpu")
+        return load_segmenter(MASKRCNN, device="cpu", runtime="torch")
 
 
 @pytest.fixture
