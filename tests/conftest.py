@@ -1,4 +1,5 @@
-"""Shared fixtures: the three personas, private storage in a temp dir, photo uploads."""
+"""Shared fixtures: the three personas, private storage in a temp dir, photo uploads, the real
+YOLOv7-seg model."""
 
 from __future__ import annotations
 
@@ -141,3 +142,15 @@ def coffee_upload():
 @pytest.fixture
 def chelsea_upload():
     return photo_upload(CHELSEA)
+
+
+@pytest.fixture(scope="session")
+def yolo():
+    """The real YOLOv7-seg model on the torch runtime, loaded once for the whole run.
+
+    Loading and running it takes seconds on these machines: a test that takes it is marked
+    ``slow`` (``make test-fast`` leaves it out).
+    """
+    from segmentation.inference import load_segmenter  # the engine imports torch only here
+
+    return load_segmenter("yolov7_seg", device="cpu", runtime="torch")

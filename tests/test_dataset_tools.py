@@ -184,14 +184,14 @@ def test_polygons_keep_holes_and_parts_exactly_before_simplification():
 
 
 @pytest.mark.slow
-def test_polygons_of_the_real_models_masks_on_real_photos_keep_iou_above_095(yolo_model):
+def test_polygons_of_the_real_models_masks_on_real_photos_keep_iou_above_095(yolo):
     from segmentation.inference import load_image
     from tests.photos import ASTRONAUT, CHELSEA, COFFEE, MOTORCYCLE
 
     ious = []
     for photo in (ASTRONAUT, CHELSEA, COFFEE, MOTORCYCLE):
         image = load_image(photo)
-        for det in yolo_model.predict(image, score_threshold=0.25):
+        for det in yolo.predict(image, score_threshold=0.25):
             parts = polygons.coco_polygons(det.mask, det.mask_box[:2])
             rles = coco_mask.frPyObjects(parts, image.height, image.width)
             drawn = coco_mask.decode(coco_mask.merge(rles)).astype(bool)
@@ -200,13 +200,6 @@ def test_polygons_of_the_real_models_masks_on_real_photos_keep_iou_above_095(yol
           f"mean {np.mean(ious):.4f}")  # fmt: skip
     assert len(ious) >= 4
     assert min(ious) >= 0.95
-
-
-@pytest.fixture(scope="module")
-def yolo_model():
-    from segmentation.inference import load_segmenter
-
-    return load_segmenter("yolov7_seg")
 
 
 def test_a_cutout_zip_of_a_job_is_what_the_job_page_links(owner, client):

@@ -107,3 +107,9 @@ def test_every_setting_read_from_the_environment_is_documented():
     example = (ROOT / ".env.example").read_text()
     assert sorted(n for n in names if f"`{n}`" not in readme) == []
     assert sorted(n for n in names if not re.search(rf"^#? ?{n}=", example, re.M)) == []
+
+
+def test_the_tests_hash_passwords_with_a_fast_hasher(owner):
+    # PBKDF2's 1,000,000 rounds cost ~0.3 s a hash here, paid by every persona fixture and
+    # sign-in: conftest.py swaps in MD5 for the test run (live servers keep the real hasher).
+    assert owner.password.startswith("md5$")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from segmentation.inference import load_image, load_segmenter
+from segmentation.inference import load_image, load_segmenter, registry
 from segmentation.inference.catalog import MASKRCNN, WEIGHTS_FILES
 from segmentation.inference.maskrcnn import build_model
 from segmentation.inference.registry import clear_cache
@@ -18,12 +18,6 @@ def torch_runtime_unless_asked():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEGWEB_RUNTIME", "torch")
         yield
-
-
-@pytest.fixture(scope="session")
-def yolo():
-    """The real YOLOv7-seg model, loaded once for the whole run."""
-    return load_segmenter("yolov7_seg", device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +49,21 @@ def maskrcnn_weights_dir(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="session")
+def maskrcnn(maskrcnn_weights_dir):
+    """Mask R-CNN with the seeded random weights, found through SEGWEB_WEIGHTS_DIR, loaded once
+    for the whole run (a test that takes it is marked ``slow``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGWEB_WEIGHTS_DIR", str(maskrcnn_weights_dir))
+        return load_segmenter(MASKRCNN, device="cpu", runtime="torch")
+
+
 @pytest.fixture
 def fresh_cache():
+    """An empty model cache for the test. The models loaded before come back after it: the
+    session's fixtures and the CLI's in-process runs share one load of each model."""
+    kept = dict(registry._cache)
     clear_cache()
     yield
     clear_cache()
+    registry._cache.update(kept)

@@ -44,6 +44,7 @@ def test_importing_the_engine_loads_neither_django_nor_torch(tmp_path):
     assert out == {"django": False, "torch": False}
 
 
+@pytest.mark.slow
 def test_running_a_model_never_loads_django(tmp_path):
     out = run_python(
         """
@@ -59,6 +60,7 @@ def test_running_a_model_never_loads_django(tmp_path):
     assert out == {"django": False}
 
 
+@pytest.mark.slow
 def test_loading_yolo_leaves_no_trace_in_the_process(tmp_path):
     # Our own top-level ``utils`` package must stay ours, before and after.
     (tmp_path / "mine" / "utils").mkdir(parents=True)
@@ -132,6 +134,7 @@ def test_our_coco_categories_are_torchvisions():
     assert len(COCO_LABELS) == 80
 
 
+@pytest.mark.slow
 def test_yolo_class_names_map_to_the_same_coco_names(yolo):
     names = yolo.model.names
     assert list(names.values() if isinstance(names, dict) else names) == list(COCO_LABELS)

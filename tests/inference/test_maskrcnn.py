@@ -20,13 +20,8 @@ from tests.photos import COFFEE
 THRESHOLD = 0.3
 
 
-@pytest.fixture
-def segmenter(maskrcnn_weights_dir, monkeypatch, fresh_cache):
-    monkeypatch.setenv("SEGWEB_WEIGHTS_DIR", str(maskrcnn_weights_dir))
-    return load_segmenter(MASKRCNN, device="cpu")
-
-
-def test_weights_load_through_segweb_weights_dir_and_match_torchvision_exactly(segmenter):
+@pytest.mark.slow
+def test_weights_load_through_segweb_weights_dir_and_match_torchvision_exactly(maskrcnn):
     image = load_image(COFFEE)
     reference_model = random_maskrcnn()  # same seed, built and run by torchvision directly
     with torch.inference_mode():
@@ -39,7 +34,7 @@ def test_weights_load_through_segweb_weights_dir_and_match_torchvision_exactly(s
     ]
     assert len(keep) >= 3, "the random model must give detections for this test to mean anything"
 
-    detections = segmenter.predict(image, score_threshold=THRESHOLD)
+    detections = maskrcnn.predict(image, score_threshold=THRESHOLD)
 
     assert [d.label for d in detections] == [names[i] for i in keep]
     np.testing.assert_allclose(
@@ -55,18 +50,20 @@ def test_weights_load_through_segweb_weights_dir_and_match_torchvision_exactly(s
         assert det.area == int(expected.sum())
 
 
-def test_detections_below_the_threshold_are_not_reported(segmenter):
+@pytest.mark.slow
+def test_detections_below_the_threshold_are_not_reported(maskrcnn):
     image = load_image(COFFEE)
-    low = segmenter.predict(image, score_threshold=0.25)
-    high = segmenter.predict(image, score_threshold=0.35)
+    low = maskrcnn.predict(image, score_threshold=0.25)
+    high = maskrcnn.predict(image, score_threshold=0.35)
     assert all(d.score >= 0.35 for d in high)
     assert len(high) < len(low)
     assert [d.score for d in high] == [d.score for d in low if d.score >= 0.35]
 
 
-def test_masks_are_kept_compact(segmenter):
+@pytest.mark.slow
+def test_masks_are_kept_compact(maskrcnn):
     image = load_image(COFFEE)
-    for det in segmenter.predict(image, score_threshold=THRESHOLD):
+    for det in maskrcnn.predict(image, score_threshold=THRESHOLD):
         x0, y0, x1, y1 = det.mask_box
         assert det.mask.shape == (y1 - y0, x1 - x0)
         assert det.mask.size < image.width * image.height
@@ -106,6 +103,7 @@ def test_a_pickled_whole_model_is_refused_rather_than_executed(tmp_path, fresh_c
         load_segmenter(MASKRCNN, weights_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_training_checkpoints_with_a_model_key_load(tmp_path, maskrcnn_weights_dir, fresh_cache):
     state = torch.load(maskrcnn_weights_dir / WEIGHTS_FILES[MASKRCNN], weights_only=True)
     torch.save({"model": state, "epoch": 25}, tmp_path / WEIGHTS_FILES[MASKRCNN])

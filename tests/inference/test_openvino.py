@@ -248,6 +248,7 @@ def test_an_export_that_is_up_to_date_is_not_redone(exported, monkeypatch):
     assert manifest.verification["photos"] == ["astronaut.jpg", "astronaut.jpg (portrait)"]
 
 
+@pytest.mark.slow
 def test_detections_that_differ_are_reported(yolo, photos):
     detections = yolo.predict(photos["coffee"], score_threshold=0.3)
     assert len(detections) >= 2

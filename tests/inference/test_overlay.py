@@ -1,6 +1,7 @@
 """The overlay: per-instance colours, tinted and outlined masks, tags that avoid each other."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from segmentation.inference import Detection, render_overlay
@@ -24,6 +25,7 @@ def square(label, x0, y0, size, image_size, score=0.9):
     )
 
 
+@pytest.mark.slow
 def test_a_red_photo_stays_red_where_there_is_no_mask(yolo, photos):
     array = np.asarray(photos["astronaut"]).copy()
     array[..., 1] //= 5  # strongly red: little green and blue left

@@ -75,6 +75,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
         load_segmenter(YOLOV7, device="cuda")
 
 
+@pytest.mark.slow
 def test_threshold_outside_0_1_is_refused(yolo, photos):
     with pytest.raises(ValueError, match="score_threshold"):
         yolo.predict(photos["coffee"], score_threshold=1.5)

@@ -19,7 +19,10 @@ def served(tmp_path):
     (root / "w.pth").write_bytes(payload)
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for the serve loop's next poll: 0.5 s by default.
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     yield f"http://127.0.0.1:{server.server_port}/w.pth", hashlib.sha256(payload).hexdigest()
     server.shutdown()
 

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from segmentation.inference import render_overlay
 from segmentation.inference.yolo import non_max_suppression
 
+pytestmark = pytest.mark.slow  # every test runs the real model
+
 
 @pytest.mark.parametrize(
     ("photo", "label"), [("astronaut", "person"), ("chelsea", "cat"), ("coffee", "cup")]
