@@ -143,7 +143,8 @@ def lockout_response(request: HttpRequest, original_response=None, credentials=N
 
 
 def revoke_tokens_on_password_change(sender, instance, update_fields=None, **kwargs) -> None:
-    """pre_save of the user model: a new password hash revokes every API token of the user.
+    """pre_save of the user model: a new password hash, or deactivation, revokes every API
+    token of the user (a deactivated user's tokens would otherwise work again on reactivation).
 
     A signal, exceptionally (see STYLE.md), because a password changes through many doors that
     segweb does not own: the admin's form, ``set_password()`` + ``save()`` in a shell,
@@ -154,8 +155,12 @@ def revoke_tokens_on_password_change(sender, instance, update_fields=None, **kwa
     parameters (after an upgrade, at the user's next sign-in with it), the tokens go too.
     Saves that name their fields without the password (``last_login``) cost nothing.
     """
-    if instance.pk is None or (update_fields is not None and "password" not in update_fields):
+    watched = {"password", "is_active"}
+    if instance.pk is None or (update_fields is not None and not watched & set(update_fields)):
         return
-    before = sender._default_manager.filter(pk=instance.pk).values_list("password", flat=True)
-    if before.first() not in (None, instance.password):
+    before = sender._default_manager.filter(pk=instance.pk).values("password", "is_active")
+    stored = before.first()
+    if stored is None:
+        return
+    if stored["password"] != instance.password or (stored["is_active"] and not instance.is_active):
         services.user_tokens_revoke(user=instance)

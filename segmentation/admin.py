@@ -212,6 +212,20 @@ class SegwebUserAdmin(UserAdmin):
 
         return super().get_queryset(request).annotate(_job_count=Count("jobs"))
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # "Change user" is for moderating ordinary accounts: only a superuser changes a
+        # superuser (their details, their password, deactivating them).
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        # Nor may "change user" grant powers: that is a superuser's decision.
+        fields = super().get_readonly_fields(request, obj)
+        if request.user.is_superuser:
+            return fields
+        return (*fields, "is_staff", "is_superuser", "groups", "user_permissions")
+
     @admin.display(description="Jobs", ordering="_job_count")
     def job_count(self, user) -> int:
         return user._job_count

@@ -346,6 +346,16 @@ def test_deactivating_in_the_admin_revokes_every_token(client, staff, owner):
     assert not AuthToken.objects.filter(user=owner).exists()
 
 
+def test_deactivating_by_any_means_revokes_every_token(owner):
+    token = token_for(owner)
+    owner.is_active = False
+    owner.save()  # as the admin's change form does
+    owner.is_active = True
+    owner.save()
+    assert authorized(token) == 401  # not back to life on reactivation
+    assert not AuthToken.objects.filter(user=owner).exists()
+
+
 def test_a_token_header_that_is_not_utf8_is_a_401():
     response = APIClient().get("/api/jobs/", HTTP_AUTHORIZATION="Token caf\xe9")
     assert response.status_code == 401

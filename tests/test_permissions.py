@@ -366,6 +366,44 @@ def test_deactivate(client, django_user_model, actor, expected):
         assert b"only a superuser may deactivate them" in response.content
 
 
+def user_form(user, **changes) -> dict:
+    """The admin's user change form as it would be posted, with ``changes``."""
+    data = {
+        "username": user.username, "email": user.email, "is_active": "on",
+        "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00",
+    }  # fmt: skip
+    if user.is_staff:
+        data["is_staff"] = "on"
+    if user.is_superuser:
+        data["is_superuser"] = "on"
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_change_user_cannot_touch_a_superuser_nor_grant_powers(client, django_user_model):
+    changer = make_user(django_user_model, "changer", *ACTORS["user changer"])
+    root = make_user(django_user_model, "root", True, True)
+    client.force_login(changer)
+
+    # A superuser's change form is read-only to them, their password form refused.
+    page = reverse("admin:auth_user_change", args=[root.pk])
+    client.post(page, user_form(root, is_active=None))
+    password_url = reverse("admin:auth_user_password_change", args=[root.pk])
+    new = "a takeover passphrase 123"
+    answer = client.post(
+        password_url, {"password1": new, "password2": new, "usable_password": "true"}
+    )
+    root.refresh_from_db()
+    assert root.is_active and not root.check_password(new)
+    assert answer.status_code == 403
+
+    # Their own form cannot make them staff with more powers, let alone a superuser.
+    mine = reverse("admin:auth_user_change", args=[changer.pk])
+    client.post(mine, user_form(changer, is_superuser="on"))
+    changer.refresh_from_db()
+    assert not changer.is_superuser
+
+
 # --- The rule itself ------------------------------------------------------------------------
 
 
