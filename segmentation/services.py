@@ -751,6 +751,21 @@ def job_hide(*, job: Job, by: AbstractBaseUser, reason: str) -> None:
             hidden=True, hidden_reason=reason, hidden_at=timezone.now(), hidden_by=by
         )
         job_classes_sync(job_id=job.pk)
+        _exports_withdraw(job=job)
+
+
+def _exports_withdraw(*, job: Job) -> None:
+    """The finished exports that hold a job now hidden stop being served: their files go (a
+    signed S3 URL handed out earlier finds nothing) and they say why. Exports still running
+    leave hidden jobs out by themselves."""
+    exports = Export.objects.filter(jobs=job, status=Export.Status.SUCCEEDED)
+    names = [name for name in exports.values_list("file", flat=True) if name]
+    exports.update(
+        status=Export.Status.FAILED,
+        file="",
+        error="Withdrawn: a moderator hid one of its photos. Export the others again.",
+    )
+    transaction.on_commit(lambda: _delete_files(names))
 
 
 def job_unhide(*, job: Job) -> None:

@@ -394,3 +394,23 @@ def test_hidden_and_deleted_jobs_are_left_out_of_a_queued_export(owner, staff, p
     with export.file.open("rb") as f:
         coco = json.loads(zipfile.ZipFile(f).read("annotations/instances_default.json"))
     assert [image["segweb_job"] for image in coco["images"]] == [str(kept.pk)]
+
+
+def test_hiding_a_job_withdraws_the_finished_exports_that_hold_it(
+    owner, staff, published, private_storage, django_capture_on_commit_callbacks
+):
+    hidden = succeed(create_job(owner), labels=("dog",))
+    export = services.export_create(owner=owner, format="coco", filters={})
+    services.export_run(export_id=export.pk)
+    export.refresh_from_db()
+    name = export.file.name
+    assert api(owner).get(f"/api/exports/{export.pk}/download/").status_code == 200
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.job_hide(job=hidden, by=staff, reason="spam")
+
+    assert api(owner).get(f"/api/exports/{export.pk}/download/").status_code == 409
+    body = api(owner).get(f"/api/exports/{export.pk}/").json()
+    assert body["status"] == "failed" and "moderator" in body["error"]
+    assert body["download_url"] is None
+    assert name not in stored_files(private_storage)
