@@ -238,6 +238,8 @@ def test_overlays_redrawn_in_the_web_process_take_a_decoding_slot(owner, request
     assert alice.get(f"/api/jobs/{job.pk}/overlay/").status_code == 503
     assert alice.get(f"/api/jobs/{job.pk}/instances/0/cutout/").status_code == 503
     assert alice.get(f"/api/jobs/{job.pk}/instances/0/mask/").status_code == 200
+    for fmt in ("coco", "cutouts", "masks"):  # any format may decode the photo
+        assert alice.get(f"/api/jobs/{job.pk}/export/?format={fmt}").status_code == 503
 
 
 def test_retries_obey_the_queued_jobs_quota(owner, settings):

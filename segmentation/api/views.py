@@ -8,7 +8,6 @@ but not act on is a 403 saying why.
 from __future__ import annotations
 
 import tempfile
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 from django.conf import settings
@@ -503,10 +502,10 @@ class JobViewSet(
             _check_drawing_cost(job, len(datasets.shown_detections(job)))
         # Served (and closed) by the response; on disk past 32 MB.
         archive = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)  # noqa: SIM115
-        # Cut-outs decode the photo in this process: one of its decoding slots.
-        slot = decode_slot() if fmt == Export.Format.CUTOUTS else nullcontext()
+        # Every format may decode the photo in this process (cut-outs always; the others for a
+        # photo that is not stored as JPEG or PNG, or turned by EXIF): one of its decoding slots.
         try:
-            with slot:
+            with decode_slot():
                 datasets.write_dataset(archive, fmt, [job], description=f"segweb job {job.pk}")
         except datasets.PhotoUnavailable as exc:
             archive.close()
