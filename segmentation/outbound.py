@@ -63,7 +63,10 @@ def check_url(url: str, *, allow_loopback: bool) -> None:
 
     Resolves the host: every address it resolves to must be acceptable.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        raise DestinationRefused("The URL is malformed.") from exc
     if parts.scheme not in ("http", "https"):
         raise DestinationRefused("Only http:// and https:// URLs are allowed.")
     if parts.username is not None or parts.password is not None:

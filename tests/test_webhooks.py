@@ -190,6 +190,7 @@ def test_a_name_that_resolves_to_a_private_address_is_refused(alice, monkeypatch
         ({"url": "http://user:pw@example.com/", "events": ["job.finished"]}, "user name"),
         ({"url": "http://127.0.0.1:99999/", "events": ["job.finished"]}, "port"),
         ({"url": "http:///x", "events": ["job.finished"]}, "no host"),
+        ({"url": "http://[::1", "events": ["job.finished"]}, "malformed"),
         ({"url": "http://127.0.0.1/", "events": []}, "events"),
         ({"url": "http://127.0.0.1/", "events": ["job.started"]}, "events"),
         ({"events": ["job.finished"]}, "url"),

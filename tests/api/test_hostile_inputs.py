@@ -49,6 +49,7 @@ HOSTILE = [
     "a\x00b",
     "[]",
     "../../etc/passwd",
+    "http://[::1",  # urlsplit raises on the unclosed bracket
     "<script>alert(1)</script>",
     "Émile\u202e",
 ]
