@@ -1298,7 +1298,8 @@ def collection_check_finished(*, collection_id: uuid.UUID) -> bool:
 
 def collection_cancel(*, collection: Collection) -> int:
     """Fail the collection's queued jobs ("cancelled"); running ones finish. How many."""
-    cancelled = Job.objects.filter(collection=collection, status=Job.Status.QUEUED).update(
+    queued = Job.objects.filter(collection=collection, status=Job.Status.QUEUED, hidden=False)
+    cancelled = queued.update(
         status=Job.Status.FAILED,
         finished_at=timezone.now(),
         error="Cancelled by its owner before it ran.",
@@ -1430,7 +1431,10 @@ def _link(view_name: str, *args) -> str:
 
 
 def _job_payload(job: Job) -> dict:
-    labels = sorted(set(job.detections.values_list("label", flat=True)))
+    # What the owner may see: the instances above the job's threshold, none once a moderator
+    # hid it (as the API's answer for it).
+    shown = job.detections.none() if job.hidden else job.detections.above_threshold()
+    labels = sorted(set(shown.values_list("label", flat=True)))
     return {
         "event": Webhook.Event.JOB_FINISHED,
         "job": {
@@ -1440,7 +1444,8 @@ def _job_payload(job: Job) -> dict:
             "collection": str(job.collection_id) if job.collection_id else None,
             "model": job.model,
             "labels": labels,
-            "detections": job.detections.count(),
+            "detections": shown.count(),
+            "hidden": job.hidden,
             "error": job.error,
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             "url": _link("api-job-detail", job.pk),

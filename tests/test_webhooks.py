@@ -266,6 +266,27 @@ def test_a_finished_job_is_delivered_signed(owner, hook, receiver, published, co
     assert delivery.attempts == 1
 
 
+def test_the_body_says_what_the_owner_may_see(owner, hook, staff, published, commit):
+    low = create_job(owner, threshold=0.75)
+    with commit():
+        succeed(low, labels=("cup", "spoon", "knife"))  # scores 0.9, 0.8, 0.7: knife kept, below
+    hidden = create_job(owner)
+    services.job_hide(job=hidden, by=staff, reason="spam")  # then the admin's Run again
+    with commit():
+        succeed(hidden, labels=("cup",))
+
+    bodies = {
+        d.payload["job"]["id"]: d.payload["job"]
+        for d in WebhookDelivery.objects.filter(webhook=hook)
+    }
+    assert bodies[str(hidden.pk)]["labels"] == [] and bodies[str(hidden.pk)]["hidden"] is True
+    assert bodies[str(low.pk)]["hidden"] is False
+    assert (bodies[str(low.pk)]["labels"], bodies[str(low.pk)]["detections"]) == (
+        ["cup", "spoon"],
+        2,
+    )
+
+
 def test_links_start_with_the_public_url_when_set(
     owner, hook, receiver, published, settings, commit
 ):

@@ -387,6 +387,17 @@ def test_cancel_fails_queued_jobs_and_leaves_running_ones(alice, collection):
     assert services.job_claim(job_id=queued.pk) is None  # its queue message finds nothing to do
 
 
+def test_cancel_leaves_a_job_a_moderator_hid_alone(alice, collection, staff):
+    from segmentation import services
+
+    hidden, other = Job.objects.filter(collection=collection)
+    services.job_hide(job=hidden, by=staff, reason="Not a photo for this service.")
+
+    assert alice.post(f"/api/collections/{collection.pk}/cancel/").json() == {"count": 1}
+    hidden.refresh_from_db()
+    assert hidden.status == "queued"  # the moderator's to decide
+
+
 def test_retry_leaves_a_job_a_moderator_hid_alone(
     alice, collection, staff, django_capture_on_commit_callbacks
 ):
