@@ -62,7 +62,7 @@ def serve(job: Job, kind: str, *, attachment: bool = False) -> HttpResponse:
 
     The caller has already checked that the viewer may see ``job``. An overlay or thumbnail
     not yet drawn at the job's current threshold is drawn first (``StorageUnavailable`` when
-    the store fails).
+    the store fails, ``decoding.DecodeBusy`` when no decoding slot frees up in time).
     """
     if kind in DRAWN:
         job = services.job_overlay_current(job=job)

@@ -630,16 +630,16 @@ def job_overlay_current(*, job: Job) -> Job:
     threshold = job.score_threshold
     if job.status != Job.Status.SUCCEEDED or job.overlay_threshold == threshold:
         return job
-    from .decoding import DecodeBusy, decode_slot
+    from .decoding import decode_slot
     from .inference import InvalidImageError
     from .masks import to_found_all
 
     shown = to_found_all(job.detections.filter(score__gte=threshold).order_by("rank"))
     try:
-        with decode_slot():  # the web process draws this: one of its decoding slots
+        # The web process draws this: one of its decoding slots (``DecodeBusy`` goes to the
+        # caller, a 503 with Retry-After).
+        with decode_slot():
             pictures = _draw(_load_photo(job), shown, threshold, preview=False)
-    except DecodeBusy as exc:
-        raise StorageUnavailable(str(exc)) from exc
     except InvalidImageError as exc:  # the stored photo decoded once; it should again
         raise StorageUnavailable("The stored photo could not be read.") from exc
     saved: list[str] = []

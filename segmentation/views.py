@@ -26,6 +26,7 @@ from .api.filters import JobFilter
 from .api.parsers import declared_length
 from .api.throttling import job_rate_take, rate_wait
 from .coco_export import job_to_coco
+from .decoding import DecodeBusy
 from .forms import SignupForm, UploadForm, WebhookForm, unavailable_models
 from .models import Collection, Export, Job, UserClass, Webhook
 from .quotas import QuotaExceeded
@@ -363,6 +364,10 @@ def job_file(request: HttpRequest, pk, kind: str) -> HttpResponse:
         return files.serve(job, kind, attachment=request.GET.get("download") == "1")
     except services.StorageUnavailable as exc:
         return HttpResponse(str(exc), status=503, content_type="text/plain")
+    except DecodeBusy as exc:
+        response = HttpResponse(str(exc), status=503, content_type="text/plain")
+        response["Retry-After"] = str(ceil(exc.wait))
+        return response
 
 
 @login_required

@@ -228,14 +228,17 @@ def test_a_free_slot_lets_the_upload_through(owner, settings):
     assert api_client(owner).post("/api/jobs/", {"image": photo_upload()}).status_code == 201
 
 
-def test_overlays_redrawn_in_the_web_process_take_a_decoding_slot(owner, request):
+def test_overlays_redrawn_in_the_web_process_take_a_decoding_slot(owner, owner_client, request):
     from segmentation import services
 
     job = succeed(create_job(owner), labels=("cup", "spoon"))
     services.job_set_threshold(job=job, threshold=0.75)
     request.getfixturevalue("busy_decoding")
     alice = api_client(owner)
-    assert alice.get(f"/api/jobs/{job.pk}/overlay/").status_code == 503
+    busy = alice.get(f"/api/jobs/{job.pk}/overlay/")
+    assert busy.status_code == 503 and int(busy["Retry-After"]) >= 1
+    page = owner_client.get(reverse("job-file", args=[job.pk, "overlay"]))
+    assert page.status_code == 503 and int(page["Retry-After"]) >= 1
     assert alice.get(f"/api/jobs/{job.pk}/instances/0/cutout/").status_code == 503
     assert alice.get(f"/api/jobs/{job.pk}/instances/0/mask/").status_code == 200
     for fmt in ("coco", "cutouts", "masks"):  # any format may decode the photo

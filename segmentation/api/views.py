@@ -961,6 +961,8 @@ class JobFileView(APIView):
             return files.serve(job, kind, attachment=request.query_params.get("download") == "1")
         except services.StorageUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
+        except DecodeBusy as exc:
+            raise Busy(str(exc), exc.wait) from exc
 
 
 class ModelsView(APIView):
