@@ -70,3 +70,13 @@ class NothingFound:
 
 def model_finds_nothing(monkeypatch) -> None:
     monkeypatch.setattr("segmentation.inference.load_segmenter", lambda name, **kw: NothingFound())
+
+
+def api_client(user=None):
+    """An API client, signed in with a token of ``user``'s when one is given."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user)}")
+    return client

@@ -16,8 +16,8 @@ from django.urls import reverse
 from segmentation import health, services
 from segmentation.inference import ModelUnavailableError
 from segmentation.inference.registry import MASKRCNN, WEIGHTS_FILES
-from tests.api.test_jobs import api_client
 from tests.conftest import photo_upload
+from tests.factories import api_client
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from segmentation.models import Job
-from tests.api.test_jobs import api_client
-from tests.factories import create_job, fail, succeed
+from tests.factories import api_client, create_job, fail, succeed
 
 pytestmark = pytest.mark.django_db
 TOKEN = "a-long-metrics-token"

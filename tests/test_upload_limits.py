@@ -11,9 +11,8 @@ from rest_framework.throttling import ScopedRateThrottle
 
 from segmentation import decoding
 from segmentation.models import Collection, Job
-from tests.api.test_jobs import api_client
 from tests.conftest import image_bytes, photo_upload, stored_files
-from tests.factories import create_job, model_finds_nothing, succeed
+from tests.factories import api_client, create_job, model_finds_nothing, succeed
 from tests.photos import CHELSEA, ROCKET
 
 pytestmark = pytest.mark.django_db

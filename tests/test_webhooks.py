@@ -18,8 +18,7 @@ from django.utils import timezone
 
 from segmentation import outbound, services
 from segmentation.models import Collection, Job, Webhook, WebhookAttempt, WebhookDelivery
-from tests.api.test_jobs import api_client
-from tests.factories import create_job, fail, succeed
+from tests.factories import api_client, create_job, fail, succeed
 
 pytestmark = pytest.mark.django_db
 

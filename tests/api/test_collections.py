@@ -12,27 +12,11 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from segmentation.models import Collection, Job, RefusedUploadCount
-from tests.api.test_jobs import api_client
 from tests.conftest import image_bytes, photo_upload, stored_files
-from tests.factories import fail, succeed
+from tests.factories import api_client, fail, succeed
 from tests.photos import CHELSEA, COFFEE, ROCKET
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(owner):
-    return api_client(owner)
-
-
-@pytest.fixture
-def bob(other_user):
-    return api_client(other_user)
-
-
-@pytest.fixture
-def charlie(staff):
-    return api_client(staff)
 
 
 def make_zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:

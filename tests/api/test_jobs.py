@@ -12,31 +12,9 @@ from rest_framework.test import APIClient
 from segmentation import services
 from segmentation.models import Job
 from tests.conftest import PASSWORD, photo_upload, stored_files
-from tests.factories import create_job, fail, succeed, token_for
+from tests.factories import api_client, create_job, fail, succeed, token_for
 
 pytestmark = pytest.mark.django_db
-
-
-def api_client(user=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user)}")
-    return client
-
-
-@pytest.fixture
-def alice(owner):
-    return api_client(owner)
-
-
-@pytest.fixture
-def bob(other_user):
-    return api_client(other_user)
-
-
-@pytest.fixture
-def charlie(staff):
-    return api_client(staff)
 
 
 @pytest.fixture

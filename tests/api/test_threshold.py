@@ -11,26 +11,10 @@ from rest_framework.throttling import ScopedRateThrottle
 import segmentation.inference as inference
 from segmentation import services
 from segmentation.models import Job
-from tests.api.test_jobs import api_client
 from tests.conftest import stored_files
-from tests.factories import create_job, found, succeed
+from tests.factories import api_client, create_job, found, succeed
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(owner):
-    return api_client(owner)
-
-
-@pytest.fixture
-def bob(other_user):
-    return api_client(other_user)
-
-
-@pytest.fixture
-def charlie(staff):
-    return api_client(staff)
 
 
 @pytest.fixture

@@ -12,17 +12,11 @@ from PIL import Image
 
 from segmentation import services
 from segmentation.models import Job
-from tests.api.test_jobs import api_client
 from tests.conftest import image_bytes, stored_files
 from tests.inference.test_image import png_header
 from tests.photos import CHELSEA, ROCKET
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(owner):
-    return api_client(owner)
 
 
 def upload(name: str, data: bytes) -> SimpleUploadedFile:
