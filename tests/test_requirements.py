@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
-#: What the web and worker processes do, in a fresh interpreter where only the packages that
-#: requirements.txt installs can be imported (as in a venv made by `make install` alone).
-RUNTIME = textwrap.dedent(
+#: The start of a script for a fresh interpreter where only the packages that requirements.txt
+#: installs can be imported (as in a venv made by `make install` alone).
+ONLY_RUNTIME_REQUIREMENTS = textwrap.dedent(
     """
-    import io, json, os, sys
+    import json, os, sys
 
     BLOCKED = set(json.loads(os.environ["BLOCKED_MODULES"]))
 
@@ -55,6 +55,13 @@ RUNTIME = textwrap.dedent(
             return getattr(self.finder, "find_distributions", lambda *a, **k: [])(*args, **kwargs)
 
     sys.meta_path[:] = [OnlyRuntimeRequirements(finder) for finder in sys.meta_path]
+    """
+)
+
+#: What the web and worker processes do, with only the runtime requirements importable.
+RUNTIME = ONLY_RUNTIME_REQUIREMENTS + textwrap.dedent(
+    """
+    import io
 
     import django
     django.setup()

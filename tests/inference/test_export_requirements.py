@@ -9,27 +9,16 @@ import textwrap
 
 import pytest
 
-from tests.test_requirements import ROOT, modules_outside, runtime_closure
+from tests.test_requirements import (
+    ONLY_RUNTIME_REQUIREMENTS,
+    ROOT,
+    modules_outside,
+    runtime_closure,
+)
 
-EXPORT = textwrap.dedent(
+EXPORT = ONLY_RUNTIME_REQUIREMENTS + textwrap.dedent(
     """
-    import json, os, sys
-
-    BLOCKED = set(json.loads(os.environ["BLOCKED_MODULES"]))
-
-    class OnlyRuntimeRequirements:
-        def __init__(self, finder):
-            self.finder = finder
-
-        def find_spec(self, name, path=None, target=None):
-            if path is None and name in BLOCKED:
-                return None
-            return self.finder.find_spec(name, path, target)
-
-        def invalidate_caches(self):
-            getattr(self.finder, "invalidate_caches", lambda: None)()
-
-    sys.meta_path[:] = [OnlyRuntimeRequirements(finder) for finder in sys.meta_path]
+    import json, sys
 
     from segmentation.inference import export
     photos = export.shipped_photos()
