@@ -124,9 +124,12 @@ def _refusals() -> Iterator[Metric]:
 
 
 def _webhooks() -> Iterator[Metric]:
-    attempts = CounterMetricFamily(
+    # A gauge, not a counter: finished deliveries and their attempts are pruned after 30 days
+    # (services.DELIVERY_KEPT), and a counter that goes down reads as a reset.
+    attempts = GaugeMetricFamily(
         "segweb_webhook_attempts",
-        "Webhook POSTs made, by outcome (success, http_error, network_error, refused).",
+        "Webhook POSTs on record (the last 30 days), by outcome (success, http_error, "
+        "network_error, refused).",
         labels=["outcome"],
     )
     counts = dict(WebhookAttempt.objects.order_by().values_list("outcome").annotate(n=Count("pk")))

@@ -81,7 +81,7 @@ def test_jobs_queue_durations_and_refusals_are_counted(client, owner, metrics_on
     assert values[("segweb_job_duration_seconds_bucket", (("le", "+Inf"), *model))] == 2
     assert values[("segweb_job_inference_seconds_sum", model)] == pytest.approx(41.234)
     assert values[("segweb_uploads_refused_total", (("reason", "not_an_image"),))] == 1
-    assert values[("segweb_webhook_attempts_total", (("outcome", "success"),))] == 0
+    assert values[("segweb_webhook_attempts", (("outcome", "success"),))] == 0
     assert values[("segweb_webhook_deliveries", (("status", "failed"),))] == 0
 
 

@@ -87,7 +87,7 @@ def test_a_zip_collection_with_webhooks_and_metrics_across_processes(stack, seaw
         duration_count = sum(v for k, v in values.items()
                              if k.startswith("segweb_job_duration_seconds_count"))  # fmt: skip
         assert duration_count == truth["succeeded"]
-        assert values['segweb_webhook_attempts_total{outcome="success"}'] >= 5
+        assert values['segweb_webhook_attempts{outcome="success"}'] >= 5
         assert values['segweb_uploads_refused_total{reason="not_an_image"}'] >= 1
     stable = [{k: v for k, v in s.items() if "oldest_age" not in k} for s in scrapes]
     assert all(s == stable[0] for s in stable)
