@@ -1186,9 +1186,28 @@ def collection_create_from_archive(
         )
 
 
-def archive_photo_count(*, archive: UploadedFile) -> int:
-    """How many photos a ZIP holds, to draw each from the job rate before anything is kept
-    (the API and the upload form both do). A refused archive is counted and raised."""
+def job_rate_draw_photos(
+    *, user: AbstractBaseUser, photos: list[UploadedFile], archive: UploadedFile | None = None
+) -> None:
+    """Draw every photo of a request (each file, or each photo of a ZIP) from the user's job
+    rate before anything is kept, for the API and the upload form alike: all of them fit, or
+    ``RequestRefused`` (429) saying when to try again. A refused archive is counted and raised.
+    """
+    from .api.throttling import job_rate_take  # throttling -> accounts -> services
+
+    count = len(photos) if archive is None else _archive_photo_count(archive)
+    wait = job_rate_take(user=user, count=count)
+    if wait is not None:
+        rate = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["job_create"]
+        raise RequestRefused(
+            f"Too many jobs for now: {count} photo(s) do not fit in your job rate ({rate}); "
+            f"nothing was kept. Try again in {wait:.0f} seconds.",
+            429,
+            wait=wait,
+        )
+
+
+def _archive_photo_count(archive: UploadedFile) -> int:
     try:
         with archives.open_archive(archive) as zip_file:
             return len(archives.photo_candidates(zip_file))

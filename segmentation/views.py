@@ -81,14 +81,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         "model": form.cleaned_data["model"],
     }
     try:
-        count = len(uploads) if archive is None else services.archive_photo_count(archive=archive)
-        wait = job_rate_take(user=request.user, count=count)
-        if wait is not None:
-            message = (
-                f"Too many jobs for now: {count} photo(s) do not fit in your job rate "
-                f"({_job_rate()}); nothing was uploaded. Try again in {wait:.0f} seconds."
-            )
-            raise RequestRefused(message, 429, wait=wait)
+        services.job_rate_draw_photos(user=request.user, photos=uploads, archive=archive)
         if archive is not None:
             collection = services.collection_create_from_archive(archive=archive, **options)
         elif len(uploads) > 1:
@@ -119,10 +112,6 @@ def _is_zip(upload) -> bool:
     head = upload.read(4)
     upload.seek(0)
     return head == b"PK\x03\x04" or (upload.name or "").lower().endswith(".zip")
-
-
-def _job_rate() -> str:
-    return settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["job_create"]
 
 
 def _upload_refused(request, error: UploadError, form=None, **extra) -> HttpResponse:

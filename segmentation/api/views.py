@@ -799,7 +799,7 @@ class CollectionViewSet(
             "model": options.validated_data.get("model"),
         }
         try:
-            self._take_rate(request, archive, images)
+            services.job_rate_draw_photos(user=request.user, photos=images, archive=archive)
             if archive is not None:
                 collection = services.collection_create_from_archive(archive=archive, **common)
             else:
@@ -809,19 +809,6 @@ class CollectionViewSet(
         collection = self.get_queryset().get(pk=collection.pk)
         body = self.get_serializer(collection).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
-
-    @staticmethod
-    def _take_rate(request, archive, images: list) -> None:
-        """Draw every photo from the job rate before anything is kept: all fit, or a 429."""
-        count = len(images) if archive is None else services.archive_photo_count(archive=archive)
-        wait = job_rate_take(user=request.user, count=count)
-        if wait is not None:
-            rate = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["job_create"]
-            raise TooManyJobs(
-                f"{count} photo(s) do not fit in your job rate ({rate}); nothing was kept. "
-                f"Try again in {wait:.0f} seconds.",
-                wait,
-            )
 
     def perform_destroy(self, collection: Collection) -> None:
         services.collection_delete(collection=collection)
